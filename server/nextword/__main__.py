@@ -1,0 +1,5 @@
+import sys
+
+from nextword.cli import main
+
+sys.exit(main())

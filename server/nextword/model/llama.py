@@ -1,0 +1,190 @@
+"""A Llama-family decoder in plain PyTorch, in the spirit of nanoGPT's and gpt-fast's model.py.
+
+token embedding -> N x [RMSNorm -> grouped-query attention with rotary positions -> RMSNorm ->
+SwiGLU MLP] -> RMSNorm -> tied output head.
+
+The model holds only weights. Keys and values live in a `KVCache` owned by the caller (one per
+document), addressed by *slot*. Every forward call says, for each new token, its rotary position,
+the cache slot its key/value goes to, and (optionally) which slots it may attend to. Plain causal
+prefill uses slot == position; the word search uses the same mechanism to run several beams in
+one call ("tree attention"): each beam token sees the context and its own ancestors only.
+
+For speed on small batches the q/k/v and gate/up projections are fused into one matrix each, so a
+layer is a handful of large operators rather than many small ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nextword.model.config import ModelConfig
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: [layers, kv_heads, slots, head_dim]."""
+
+    def __init__(self, config: ModelConfig, slots: int, device: torch.device, dtype: torch.dtype):
+        shape = (config.n_layers, config.n_kv_heads, slots, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[2]
+
+    def grow(self, slots: int) -> None:
+        """Make room for at least `slots` slots, keeping what is stored."""
+        if slots <= self.slots:
+            return
+        k = self.k.new_zeros(*self.k.shape[:2], slots, self.k.shape[3])
+        v = torch.zeros_like(k)
+        k[:, :, : self.slots] = self.k
+        v[:, :, : self.slots] = self.v
+        self.k, self.v = k, v
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in fp32 like the reference implementation, then return to the input dtype.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotary_tables(config: ModelConfig, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos/sin tables [length, head_dim] for rotate-half rotary embeddings."""
+    half = config.head_dim // 2
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float32, device=device) / half))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [heads, T, head_dim]; cos/sin: [T, head_dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        q_dim, kv_dim = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        self.wqkv = nn.Linear(config.dim, q_dim + 2 * kv_dim, bias=False)
+        self.wo = nn.Linear(q_dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache_k: Tensor, cache_v: Tensor,
+                slots: Tensor, span: int, mask: Tensor | None) -> Tensor:
+        T = x.shape[0]
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(T, self.n_heads, self.head_dim).transpose(0, 1)
+        k = k.view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
+        v = v.view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        cache_k.index_copy_(1, slots, k)
+        cache_v.index_copy_(1, slots, v)
+        y = F.scaled_dot_product_attention(
+            q.unsqueeze(0), cache_k[:, :span].unsqueeze(0), cache_v[:, :span].unsqueeze(0),
+            attn_mask=mask, enable_gqa=True)
+        return self.wo(y.squeeze(0).transpose(0, 1).reshape(T, q_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ffn_dim = config.ffn_dim
+        self.w_gate_up = nn.Linear(config.dim, 2 * config.ffn_dim, bias=False)
+        self.w_down = nn.Linear(config.ffn_dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w_gate_up(x).split(self.ffn_dim, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache_k: Tensor, cache_v: Tensor,
+                slots: Tensor, span: int, mask: Tensor | None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache_k, cache_v, slots, span, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self._rotary_cos = self._rotary_sin = torch.empty(0)
+
+    def new_cache(self, slots: int) -> KVCache:
+        p = self.embed.weight
+        return KVCache(self.config, slots, p.device, p.dtype)
+
+    @torch.inference_mode()
+    def forward(self, tokens: Tensor, positions: Tensor, cache: KVCache, slots: Tensor | None = None,
+                mask: Tensor | None = None, last_only: bool = False) -> Tensor:
+        """Run new tokens through the model, storing their keys/values in `cache`.
+
+        tokens, positions, slots: [T] int64 (slots default to positions).
+        mask: [T, span] bool, True where a token may attend (span = the cache slots in use after
+        this call); None means causal attention over slots [0, max(slots)] with slot == position.
+        Returns logits [T, vocab] in fp32 (or [1, vocab] for the last token only).
+        """
+        if slots is None:
+            slots = positions
+        span = int(slots.max()) + 1
+        if mask is None and tokens.shape[0] > 1:
+            mask = torch.arange(span, device=tokens.device)[None, :] <= positions[:, None]
+        cos, sin = self._rotary(positions)
+        x = self.embed(tokens)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
+        if last_only:
+            x = x[-1:]
+        return self.head(self.norm(x)).float()
+
+    def _rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        needed = int(positions.max()) + 1
+        if self._rotary_cos.shape[0] < needed or self._rotary_cos.device != positions.device:
+            length = max(needed, 2 * self._rotary_cos.shape[0], 1024)
+            self._rotary_cos, self._rotary_sin = rotary_tables(self.config, length, positions.device)
+        dtype = self.embed.weight.dtype
+        return self._rotary_cos[positions].to(dtype), self._rotary_sin[positions].to(dtype)
+
+
+def fused_state_dict(tensors: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """Map Hugging Face Llama tensor names (see weights_file.py) onto this module's fused layout."""
+    out = {"embed.weight": tensors["model.embed_tokens.weight"], "norm.weight": tensors["model.norm.weight"]}
+    out["head.weight"] = tensors["model.embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
+    for i in range(config.n_layers):
+        p, q = f"model.layers.{i}.", f"blocks.{i}."
+        out[q + "attention_norm.weight"] = tensors[p + "input_layernorm.weight"]
+        out[q + "mlp_norm.weight"] = tensors[p + "post_attention_layernorm.weight"]
+        out[q + "attention.wqkv.weight"] = torch.cat(
+            [tensors[p + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")], dim=0)
+        out[q + "attention.wo.weight"] = tensors[p + "self_attn.o_proj.weight"]
+        out[q + "mlp.w_gate_up.weight"] = torch.cat(
+            [tensors[p + "mlp.gate_proj.weight"], tensors[p + "mlp.up_proj.weight"]], dim=0)
+        out[q + "mlp.w_down.weight"] = tensors[p + "mlp.down_proj.weight"]
+    return out

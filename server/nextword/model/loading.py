@@ -1,0 +1,69 @@
+"""Load a one-file model onto a device, choosing the dtype from what the hardware does well."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nextword.model.config import ModelConfig
+from nextword.model.llama import Transformer, fused_state_dict
+from nextword.model.weights_file import WeightsError, read_model_file
+from nextword.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    config: ModelConfig
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None picks the fastest dtype that is exact enough: bf16 where the hardware computes it
+    natively (CUDA, CPUs with AVX-512 bf16 / AMX), else fp32 (bf16 is emulated and slow on AVX2)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (expected auto, float32 or bfloat16)")
+    return DTYPES[dtype]
+
+
+def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Read, validate and place a model. Raises WeightsError for unusable files."""
+    file = read_model_file(path)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        tokenizer = Tokenizer.from_json(file.tokenizer_json)
+    except Exception as e:  # the tokenizers library raises bare Exceptions for bad JSON
+        raise WeightsError(f"{file.path}: invalid tokenizer in metadata: {e}") from e
+    with torch.device("meta"):
+        model = Transformer(file.config)
+    state = {k: v.to(dtype=dt) for k, v in fused_state_dict(file.tensors, file.config).items()}
+    model.load_state_dict(state, assign=True, strict=True)
+    if file.config.tie_embeddings:
+        model.head.weight = model.embed.weight
+    model = model.to(dev).eval().requires_grad_(False)
+    return LoadedModel(model, tokenizer, file.config, file.path, dev, dt)

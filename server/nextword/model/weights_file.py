@@ -1,0 +1,119 @@
+"""One file is one model: a .safetensors file whose metadata holds the config and the tokenizer.
+
+Tensor names and layouts follow Hugging Face's LlamaForCausalLM (rotate-half rotary layout), so a
+Hugging Face checkpoint converts by copying tensors. Metadata keys:
+  nextword.config     ModelConfig as JSON
+  nextword.tokenizer  the tokenizer.json text of the `tokenizers` library
+  nextword.source     free-form provenance (optional)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from nextword.model.config import ModelConfig
+
+CONFIG_KEY = "nextword.config"
+TOKENIZER_KEY = "nextword.tokenizer"
+SOURCE_KEY = "nextword.source"
+
+
+class WeightsError(Exception):
+    """A weights file that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class ModelFile:
+    path: Path
+    config: ModelConfig
+    tensors: dict[str, torch.Tensor]
+    tokenizer_json: str
+    metadata: dict[str, str]
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model of this config needs, with its shape."""
+    c = config
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (c.vocab_size, c.dim),
+        "model.norm.weight": (c.dim,),
+    }
+    if not c.tie_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, c.dim)
+    for i in range(c.n_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (c.dim,),
+            p + "self_attn.q_proj.weight": (c.n_heads * c.head_dim, c.dim),
+            p + "self_attn.k_proj.weight": (c.n_kv_heads * c.head_dim, c.dim),
+            p + "self_attn.v_proj.weight": (c.n_kv_heads * c.head_dim, c.dim),
+            p + "self_attn.o_proj.weight": (c.dim, c.n_heads * c.head_dim),
+            p + "post_attention_layernorm.weight": (c.dim,),
+            p + "mlp.gate_proj.weight": (c.ffn_dim, c.dim),
+            p + "mlp.up_proj.weight": (c.ffn_dim, c.dim),
+            p + "mlp.down_proj.weight": (c.dim, c.ffn_dim),
+        })
+    return shapes
+
+
+def save_model_file(path: str | Path, config: ModelConfig, tensors: dict[str, torch.Tensor],
+                    tokenizer_json: str, source: str = "") -> None:
+    """Write a model file atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    _check_tensors(path, config, tensors)
+    metadata = {CONFIG_KEY: config.to_json(), TOKENIZER_KEY: tokenizer_json, SOURCE_KEY: source}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read and validate a model file. Raises WeightsError naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file")
+    if not path.is_file():
+        raise WeightsError(f"{path}: not a file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: not a readable safetensors file (truncated or another format?): {e}") from e
+    if CONFIG_KEY not in metadata or TOKENIZER_KEY not in metadata:
+        raise WeightsError(f"{path}: safetensors file without nextword metadata "
+                           f"({CONFIG_KEY}, {TOKENIZER_KEY}); convert it with `nextword weights convert-hf`")
+    try:
+        config = ModelConfig.from_json(metadata[CONFIG_KEY])
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: invalid model config in metadata: {e}") from e
+    _check_tensors(path, config, tensors)
+    return ModelFile(path, config, tensors, metadata[TOKENIZER_KEY], metadata)
+
+
+def _check_tensors(path: Path, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    expected = expected_shapes(config)
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise WeightsError(f"{path}: {len(missing)} tensors missing, e.g. {missing[:3]}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise WeightsError(f"{path}: unexpected tensors {extra[:3]} for this config")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise WeightsError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, "
+                               f"config expects {shape}")

@@ -1,0 +1,173 @@
+"""The public API: text before the cursor in, ranked next words out.
+
+    >>> p = Predictor.load()
+    >>> p.predict("The capital of France is")
+    [Suggestion(word='Paris', probability=0.41), ...]
+
+Per request:
+1. Split the text into context, the spaces before the word ("gap") and the partial word typed.
+2. Tokenize the context window (from a per-session start that only moves in big jumps, so the
+   token prefix stays stable while the person types) and sync the session's KV cache to it.
+3. At a word start, search for the best words and remember the ranked list; while the person types
+   inside that word, filter the list by the typed prefix and search again only when fewer than
+   n candidates are left.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nextword.model.loading import LoadedModel, load_model
+from nextword.predict.session import Cancelled, Session
+from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
+                                   split_gap, split_partial_word)
+from nextword.predict.word_search import TokenTable, WordScore, search_words
+from nextword.weights.paths import default_model_path
+
+__all__ = ["Cancelled", "Predictor", "Suggestion"]
+
+CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A predicted word. `word` is always the whole word, including any part already typed: for
+    "The capital of Fr" it is "France", not "ance". Insert it in place of the partial word."""
+    word: str
+    probability: float
+
+
+@dataclass
+class WordList:
+    """A search's ranked words for one context, reusable while the typed prefix extends `typed`."""
+    typed: str
+    words: list[WordScore]
+
+
+class Predictor:
+    def __init__(self, loaded: LoadedModel, max_context_tokens: int = 1024, max_sessions: int = 8,
+                 beam_width: int = 8):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.max_context_tokens = max_context_tokens
+        self.max_sessions = max_sessions
+        self.beam_width = beam_width
+        self.table = TokenTable(self.tokenizer.token_bytes, self.tokenizer.special_ids)
+        self.start_id = self.tokenizer.document_start_id
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._closed_tokens = 0
+        self._lock = threading.RLock()  # one model call at a time; sessions are not thread-safe
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
+             **options) -> Predictor:
+        """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`).
+        dtype None picks bf16 where the hardware has it, else fp32."""
+        return cls(load_model(path or default_model_path(), device, dtype), **options)
+
+    @property
+    def tokens_computed(self) -> int:
+        """Tokens run through the model so far, over all sessions (for testing cache reuse)."""
+        return self._closed_tokens + sum(s.tokens_computed for s in self._sessions.values())
+
+    def predict(self, text_before_cursor: str, n: int = 3, session: str = "default",
+                cancelled: Callable[[], bool] | None = None) -> list[Suggestion]:
+        """The n most likely words at the cursor, best first (see `Suggestion` for what `word` is).
+        Raises Cancelled when `cancelled()` turns true between model steps."""
+        text = _clean(text_before_cursor)
+        context, typed = split_partial_word(text)
+        context, gap = split_gap(context)
+        with self._lock:
+            s = self._session(session)
+            logits = s.sync(self._window_ids(s, context), cancelled)
+            words = self._ranked_words(s, logits, gap, typed, n, cancelled)
+        sentence_start = is_sentence_start(context)
+        suggestions: dict[str, float] = {}
+        for w in words:
+            word = apply_casing(w.word, typed, sentence_start)
+            if word.lower().startswith(typed.lower()):
+                suggestions[word] = suggestions.get(word, 0.0) + math.exp(w.logprob)
+        ranked = sorted(suggestions.items(), key=lambda kv: -kv[1])[:n]
+        return [Suggestion(word, prob) for word, prob in ranked]
+
+    def prefill(self, text: str, session: str = "default", cancelled: Callable[[], bool] | None = None) -> None:
+        """Warm the session's cache for this text before the next request needs it."""
+        context, _ = split_partial_word(_clean(text))
+        context, _ = split_gap(context)
+        with self._lock:
+            s = self._session(session)
+            s.sync(self._window_ids(s, context), cancelled)
+
+    def close_session(self, session: str) -> None:
+        with self._lock:
+            s = self._sessions.pop(session, None)
+            if s is not None:
+                self._closed_tokens += s.tokens_computed
+
+    @property
+    def sessions(self) -> list[str]:
+        return list(self._sessions)
+
+    def _session(self, key: str) -> Session:
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        while len(self._sessions) >= max(1, self.max_sessions):
+            _, old = self._sessions.popitem(last=False)
+            self._closed_tokens += old.tokens_computed
+        s = self._sessions[key] = Session(self.model)
+        return s
+
+    def _window_ids(self, s: Session, context: str) -> list[int]:
+        """Token ids of the context window: a document-start token, then the text from the
+        session's window start. The start stays put while the window fits (so the cached prefix
+        stays valid) and jumps forward to a line or sentence start, keeping about half the
+        window, when it overflows."""
+        budget = self.max_context_tokens - 1
+        if s.window_start > len(context) or len(context) - s.window_start > budget * CHARS_PER_TOKEN * 2:
+            s.window_start = self._window_start(context, len(context) - budget * CHARS_PER_TOKEN)
+        ids = self.tokenizer.encode(context[s.window_start:])
+        while len(ids) > budget:
+            keep_chars = int((len(context) - s.window_start) * (budget / 2) / len(ids))
+            s.window_start = self._window_start(context, len(context) - keep_chars)
+            ids = self.tokenizer.encode(context[s.window_start:])
+        return [self.start_id] + ids
+
+    @staticmethod
+    def _window_start(context: str, earliest: int) -> int:
+        """The first line or sentence start at or after `earliest` (or `earliest` itself)."""
+        earliest = max(0, earliest)
+        for i in range(earliest, len(context)):
+            if is_sentence_or_line_start(context, i):
+                return i
+        space = context.find(" ", earliest)
+        return space + 1 if space >= 0 else earliest
+
+    def _ranked_words(self, s: Session, logits: torch.Tensor, gap: str, typed: str, n: int,
+                      cancelled: Callable[[], bool] | None) -> list[WordScore]:
+        """Candidates for this word: from a remembered list when it still has n words starting
+        with what was typed, else from a new search constrained by the typed prefix."""
+        lists: dict[str, WordList] = s.word_lists.setdefault(gap, {})
+        needed = [w for w in lists.values() if typed.lower().startswith(w.typed.lower())]
+        for wl in sorted(needed, key=lambda wl: -len(wl.typed)):
+            matching = [w for w in wl.words if w.word.lower().startswith(typed.lower())
+                        and len(w.word) >= len(typed) + 2]
+            if len(matching) >= n:
+                return matching
+        words = search_words(s, logits, self.table, gap.encode(), typed.encode(), n,
+                             min_chars=len(typed) + 2, beam_width=self.beam_width, cancelled=cancelled)
+        lists[typed] = WordList(typed, words)
+        return words
+
+
+def _clean(text: str) -> str:
+    """Text as UTF-8 can carry it: lone surrogates from a broken client become "?"."""
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,108 @@
+"""A warm session per document: the token ids whose keys/values are in its KV cache.
+
+Moving a session to a new context keeps the longest common token prefix and computes only the
+rest, so typing at the end of a document costs a token or two per word, not the whole context.
+Slots after the context are scratch space for the word search's beams (see `tree_step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from nextword.model.llama import KVCache, Transformer
+
+PREFILL_CHUNK = 256  # tokens per forward call while prefilling; cancellation is checked between chunks
+SCRATCH_SLOTS = 512  # room after the context for the beams of one word search
+
+
+class Cancelled(Exception):
+    """The request was superseded or cancelled; partial work that is still valid was kept."""
+
+
+def check(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled()
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Session:
+    def __init__(self, model: Transformer):
+        self.model = model
+        self.cache: KVCache | None = None  # allocated on first use, grown as needed
+        self.ids: list[int] = []  # tokens whose keys/values are valid in cache slots [0, len(ids))
+        self.last_logits: Tensor | None = None  # next-token logits after ids, when computed
+        self.window_start = 0  # character offset of the context window in the document
+        self.tokens_computed = 0  # every token run through the model for this session
+        self.word_lists: dict = {}  # the predictor's candidate lists for the current context
+        self._scratch_used = 0
+
+    def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
+        """Make the cache hold exactly `ids`; return the next-token logits after them."""
+        if not ids:
+            raise ValueError("a session needs at least one token of context")
+        keep = common_prefix_length(self.ids, ids)
+        if keep == len(ids) == len(self.ids) and self.last_logits is not None:
+            return self.last_logits
+        keep = min(keep, len(ids) - 1)  # recompute at least the last token to get its logits
+        self._ensure_slots(len(ids) + SCRATCH_SLOTS)
+        self.ids = ids[:keep]
+        self.last_logits = None
+        self.word_lists.clear()
+        while len(self.ids) < len(ids):
+            check(cancelled)
+            chunk = ids[len(self.ids): len(self.ids) + PREFILL_CHUNK]
+            start = len(self.ids)
+            positions = torch.arange(start, start + len(chunk), device=self._device)
+            logits = self.model(torch.tensor(chunk, device=self._device), positions, self.cache, last_only=True)
+            self.ids.extend(chunk)
+            self.tokens_computed += len(chunk)
+        self.last_logits = logits[-1]
+        return self.last_logits
+
+    def tree_step(self, tokens: list[int], depths: list[int], ancestors: list[list[int]]) -> tuple[Tensor, list[int]]:
+        """Run one token per beam after the context, all beams in one forward call.
+
+        Beam i's token sits at position len(ids) + depths[i] and attends to the context plus the
+        scratch slots in ancestors[i] (its earlier tokens). Returns (logits [beams, vocab],
+        the slot each token was stored in). Nothing here changes `ids`: scratch is reused.
+        """
+        n_ctx = len(self.ids)
+        first = n_ctx + self._scratch_used
+        if first + len(tokens) > self.cache.slots:
+            self._ensure_slots(first + len(tokens) + SCRATCH_SLOTS)
+        slots = list(range(first, first + len(tokens)))
+        self._scratch_used += len(tokens)
+        span = first + len(tokens)
+        mask = torch.zeros(len(tokens), span, dtype=torch.bool)
+        mask[:, :n_ctx] = True
+        for row, (own, earlier) in enumerate(zip(slots, ancestors)):
+            mask[row, earlier + [own]] = True
+        device = self._device
+        logits = self.model(torch.tensor(tokens, device=device),
+                            torch.tensor([n_ctx + d for d in depths], device=device),
+                            self.cache, slots=torch.tensor(slots, device=device), mask=mask.to(device))
+        self.tokens_computed += len(tokens)
+        return logits, slots
+
+    def reset_scratch(self) -> None:
+        self._scratch_used = 0
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    def _ensure_slots(self, slots: int) -> None:
+        if self.cache is None:
+            self.cache = self.model.new_cache(slots)
+        elif slots > self.cache.slots:
+            self.cache.grow(max(slots, self.cache.slots * 3 // 2))

@@ -1,0 +1,162 @@
+"""Beam search over tokens until a word boundary: the model predicts tokens, people type words.
+
+A beam is a sequence of tokens after the context. It must first spell out the *required* prefix
+(the spaces before the word and the part of the word already typed, matched case-insensitively)
+and may then only add word characters. A beam ends a word when the next token starts a new word
+(space, punctuation, newline, end of text), so a word's score is
+
+    log P(its tokens | context) + log P(next token is a boundary | context, word).
+
+All live beams advance together in one forward call (`Session.tree_step`). The search stops as
+soon as no live beam can beat the n-th best finished word: extending a beam only lowers its score.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from nextword.predict.session import Session, check
+
+MAX_WORD_TOKENS = 8
+
+
+@dataclass
+class Beam:
+    tokens: list[int]
+    logprob: float
+    text: bytes  # bytes generated so far (gap + word)
+    slots: list[int] = field(default_factory=list)  # scratch slots of tokens already run
+
+
+@dataclass(frozen=True)
+class WordScore:
+    word: str
+    logprob: float
+
+
+def _is_word_byte(b: int) -> bool:
+    # ASCII letters/digits/apostrophe; any non-ASCII byte (part of a UTF-8 letter, or ’) counts
+    # as a word byte so a multi-byte character is never split at a boundary.
+    return b >= 0x80 or chr(b).isalnum() or b == 0x27
+
+
+def _ascii_lower(b: bytes) -> bytes:
+    return b.lower()  # bytes.lower() only touches ASCII letters: safe on partial UTF-8
+
+
+class TokenTable:
+    """Facts about every token's bytes, computed once per tokenizer."""
+
+    def __init__(self, token_bytes: list[bytes], special_ids: set[int]):
+        self.token_bytes = token_bytes
+        self.lower = [_ascii_lower(b) for b in token_bytes]
+        self.special = special_ids
+        n = len(token_bytes)
+        continues = torch.zeros(n, dtype=torch.bool)
+        boundary = torch.zeros(n, dtype=torch.bool)
+        for i, b in enumerate(token_bytes):
+            if i in special_ids or not b:
+                boundary[i] = i in special_ids  # end of text ends a word; empty tokens do nothing
+            elif all(_is_word_byte(c) for c in b):
+                continues[i] = True
+            elif not _is_word_byte(b[0]):
+                boundary[i] = True
+        self.continues_ids = continues.nonzero().squeeze(1)
+        self.boundary_mask = boundary
+        self._by_prefix = sorted(range(n), key=lambda i: self.lower[i])
+        self._sorted_lower = [self.lower[i] for i in self._by_prefix]
+        self.allowed_ids = lru_cache(maxsize=4096)(self._allowed_ids)
+
+    def _allowed_ids(self, remaining: bytes) -> Tensor:
+        """Token ids that may come next when `remaining` (lowercase) bytes of the required prefix
+        are still to be spelled: the token must agree with them, and whatever it adds beyond them
+        must be word characters."""
+        if not remaining:
+            return self.continues_ids
+        ids = []
+        for cut in range(1, len(remaining)):  # tokens that spell only part of what remains
+            ids.extend(self._exact(remaining[:cut]))
+        lo = bisect.bisect_left(self._sorted_lower, remaining)
+        hi = bisect.bisect_left(self._sorted_lower, remaining + b"\xff\xff\xff\xff")
+        for i in self._by_prefix[lo:hi]:  # tokens that spell all of it, then maybe more
+            if all(_is_word_byte(c) for c in self.lower[i][len(remaining):]):
+                ids.append(i)
+        return torch.tensor(sorted(set(ids) - self.special), dtype=torch.long)
+
+    def _exact(self, b: bytes) -> list[int]:
+        lo = bisect.bisect_left(self._sorted_lower, b)
+        out = []
+        while lo < len(self._sorted_lower) and self._sorted_lower[lo] == b:
+            out.append(self._by_prefix[lo])
+            lo += 1
+        return out
+
+
+def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: bytes, typed: bytes,
+                 n: int, min_chars: int = 1, beam_width: int = 8, cancelled: Callable[[], bool] | None = None) -> list[WordScore]:
+    """The most likely next words after the context whose logits are `first_logits`, best first.
+
+    gap: spaces that precede the word; typed: the part of the word already typed. Words are
+    returned as the model spells them (case may differ from `typed`), without the gap. Words
+    shorter than `min_chars` characters save nothing and are left out."""
+    required = _ascii_lower(gap + typed)
+    finished: dict[str, float] = {}
+    beams = _extend([Beam([], 0.0, b"")], [torch.log_softmax(first_logits, -1)], table, required, beam_width)
+    session.reset_scratch()
+    for _ in range(MAX_WORD_TOKENS):
+        if not beams:
+            break
+        check(cancelled)
+        logits, slots = session.tree_step([b.tokens[-1] for b in beams], [len(b.tokens) - 1 for b in beams],
+                                          [b.slots for b in beams])
+        logprobs = torch.log_softmax(logits, -1)
+        for beam, slot in zip(beams, slots):
+            beam.slots = beam.slots + [slot]
+        p_boundary = logprobs.exp()[:, table.boundary_mask].sum(-1).tolist()
+        for beam, p_end in zip(beams, p_boundary):
+            if len(beam.text) > len(gap) and len(beam.text) >= len(required) and p_end > 0:
+                word = _decode(beam.text[len(gap):])
+                if word is not None and len(word) >= min_chars and word[0] not in "'\u2019":
+                    finished[word] = _logaddexp(finished.get(word), beam.logprob + math.log(p_end))
+        beams = _extend(beams, list(logprobs), table, required, beam_width)
+        ranked = sorted(finished.values(), reverse=True)
+        if len(ranked) >= n and (not beams or beams[0].logprob <= ranked[n - 1]):
+            break
+    return sorted((WordScore(w, s) for w, s in finished.items()), key=lambda w: -w.logprob)
+
+
+def _extend(beams: list[Beam], logprobs: list[Tensor], table: TokenTable, required: bytes, width: int) -> list[Beam]:
+    """All allowed one-token extensions of the beams, best `width` kept."""
+    candidates: list[tuple[float, Beam, int]] = []
+    for beam, lp in zip(beams, logprobs):
+        remaining = required[len(beam.text):] if len(beam.text) < len(required) else b""
+        ids = table.allowed_ids(remaining)
+        if len(ids) == 0:
+            continue
+        top = torch.topk(lp[ids], min(width, len(ids)))
+        for value, index in zip(top.values.tolist(), top.indices.tolist()):
+            candidates.append((beam.logprob + value, beam, int(ids[index])))
+    candidates.sort(key=lambda c: -c[0])
+    return [Beam(b.tokens + [t], score, b.text + table.token_bytes[t], b.slots)
+            for score, b, t in candidates[:width] if score > -math.inf]
+
+
+def _decode(b: bytes) -> str | None:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:  # ends inside a multi-byte character: not a whole word yet
+        return None
+
+
+def _logaddexp(a: float | None, b: float) -> float:
+    if a is None:
+        return b
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))

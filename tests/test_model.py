@@ -1,0 +1,120 @@
+"""The forward pass against Hugging Face transformers' LlamaForCausalLM on the same weights."""
+
+import pytest
+import torch
+
+from nextword.model.loading import load_model
+from nextword.model.weights_file import read_model_file
+from nextword.predict.session import Session
+
+PROSE = ("It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith, "
+         "his chin nuzzled into his breast in an effort to escape the vile wind, slipped quickly")
+
+# fp32 on both sides; differences come only from summation order. Measured ~1e-4 on logits of
+# magnitude ~20; the bound leaves room for other CPUs' kernels.
+MAX_LOGIT_DIFF = 2e-3
+
+
+@pytest.fixture(scope="module")
+def ours(default_model_path):
+    return load_model(default_model_path, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference(default_model_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    file = read_model_file(default_model_path)
+    c = file.config
+    config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
+                         num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+                         num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
+                         rms_norm_eps=c.norm_eps, max_position_embeddings=c.max_seq_len,
+                         tie_word_embeddings=c.tie_embeddings, attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in file.tensors.items()}, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    model.tie_weights()
+    return model
+
+
+def full_forward(loaded, ids):
+    session = Session(loaded.model)
+    session._ensure_slots(len(ids))
+    positions = torch.arange(len(ids))
+    return loaded.model(torch.tensor(ids), positions, session.cache)
+
+
+def test_forward_matches_transformers(ours, reference):
+    ids = ours.tokenizer.encode(PROSE)
+    ours_logits = full_forward(ours, ids)
+    with torch.no_grad():
+        ref_logits = reference(torch.tensor([ids])).logits[0].float()
+    assert ours_logits.shape == ref_logits.shape
+    assert (ours_logits - ref_logits).abs().max().item() < MAX_LOGIT_DIFF
+    assert torch.equal(ours_logits.argmax(-1), ref_logits.argmax(-1))
+
+
+def test_cached_incremental_forward_equals_full_forward(ours):
+    ids = ours.tokenizer.encode(PROSE)
+    full = full_forward(ours, ids)
+    session = Session(ours.model)
+    half = len(ids) // 2
+    session.sync(ids[:half])
+    before = session.tokens_computed
+    for k in range(half + 1, len(ids) + 1):  # one token at a time, as while typing
+        logits = session.sync(ids[:k])
+        assert (logits - full[k - 1]).abs().max().item() < MAX_LOGIT_DIFF
+    assert session.tokens_computed - before == len(ids) - half  # each token computed once
+
+
+def test_sync_keeps_common_prefix_after_an_edit(ours):
+    ids = ours.tokenizer.encode(PROSE)
+    session = Session(ours.model)
+    session.sync(ids)
+    edited = ids[:-5] + ours.tokenizer.encode(" slowly")
+    before = session.tokens_computed
+    logits = session.sync(edited)
+    assert session.tokens_computed - before == len(edited) - (len(ids) - 5)
+    assert (logits - full_forward(ours, edited)[-1]).abs().max().item() < MAX_LOGIT_DIFF
+
+
+def test_tree_step_equals_running_each_beam_alone(ours):
+    """Beams that run together (each sees the context and its own ancestors) get the same
+    logits as each beam appended to the context on its own."""
+    tok = ours.tokenizer
+    context = tok.encode("The weather today is")
+    beams = [tok.encode(" very cold"), tok.encode(" quite"), tok.encode(" sunny and")]
+    session = Session(ours.model)
+    session.sync(context)
+    session.reset_scratch()
+    slots: list[list[int]] = [[] for _ in beams]
+    depth_logits = {}
+    for depth in range(max(len(b) for b in beams)):
+        live = [i for i, b in enumerate(beams) if depth < len(b)]
+        logits, new_slots = session.tree_step([beams[i][depth] for i in live], [depth] * len(live),
+                                              [slots[i] for i in live])
+        for row, i in enumerate(live):
+            slots[i].append(new_slots[row])
+            depth_logits[i, depth] = logits[row]
+    for (i, depth), logits in depth_logits.items():
+        alone = full_forward(ours, context + beams[i][: depth + 1])[-1]
+        assert (logits - alone).abs().max().item() < MAX_LOGIT_DIFF
+    assert session.ids == context  # scratch work leaves the context untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_bf16_agrees_with_fp32_on_top1(default_model_path, ours, dtype):
+    low = load_model(default_model_path, device="cpu", dtype=dtype)
+    ids = ours.tokenizer.encode(PROSE)
+    agree = (full_forward(low, ids).argmax(-1) == full_forward(ours, ids).argmax(-1)).float().mean().item()
+    assert agree > 0.85
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(default_model_path, ours):
+    gpu = load_model(default_model_path, device="cuda", dtype="float32")
+    ids = ours.tokenizer.encode(PROSE)
+    session = Session(gpu.model)
+    session._ensure_slots(len(ids))
+    logits = gpu.model(torch.tensor(ids, device="cuda"), torch.arange(len(ids), device="cuda"), session.cache)
+    assert (logits.cpu() - full_forward(ours, ids)).abs().max().item() < 1e-2

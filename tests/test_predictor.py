@@ -1,0 +1,141 @@
+"""The public Predictor API on the real default model: edge cases and KV-cache reuse."""
+
+import pytest
+
+from nextword import Predictor, Suggestion
+from nextword.predict.session import Cancelled
+from nextword.predict.text import split_partial_word
+
+STORY = ("Naomi had a relative of her husband's, a mighty man of wealth, of the family of Elimelech, "
+         "and his name was Boaz. Ruth the Moabitess said to Naomi, ")
+
+
+@pytest.fixture
+def p(predictor: Predictor) -> Predictor:
+    for key in predictor.sessions:
+        predictor.close_session(key)
+    return predictor
+
+
+def words(suggestions: list[Suggestion]) -> list[str]:
+    return [s.word for s in suggestions]
+
+
+def test_capital_of_france(p):
+    assert "Paris" in words(p.predict("The capital of France is "))
+
+
+def test_suggestions_are_ranked_probabilities(p):
+    s = p.predict("The capital of France is ", n=5)
+    assert len(s) == 5
+    assert all(0 < x.probability <= 1 for x in s)
+    assert [x.probability for x in s] == sorted((x.probability for x in s), reverse=True)
+    assert len(set(words(s))) == 5
+
+
+@pytest.mark.parametrize("text", ["", "\n", "Hello.", "Hello, ", "It rained.\n\n", "(", "The end!  "])
+def test_word_start_contexts_give_words(p, text):
+    s = p.predict(text)
+    assert len(s) == 3
+    for x in s:
+        assert x.word and x.word[0].isalnum(), x  # whole words, no leading space or apostrophe
+        assert len(x.word) >= 2  # a one-letter word saves no keystroke
+
+
+def test_partial_word_is_completed_not_repeated(p):
+    s = p.predict("The capital of France is Pa")
+    assert "Paris" in words(s)
+    assert all(x.word.lower().startswith("pa") for x in s)
+
+
+def test_partial_word_matches_case_insensitively_and_keeps_proper_nouns(p):
+    assert "Paris" in words(p.predict("The capital of France is pa", n=5))
+
+
+def test_sentence_start_is_capitalised(p):
+    for x in p.predict("I was tired. "):
+        assert x.word[0].isupper(), x
+    for x in p.predict("I was tired. w"):
+        assert x.word.startswith("W"), x
+
+
+def test_words_are_longer_than_what_was_typed_plus_one(p):
+    for x in p.predict("She opened the doo"):
+        assert len(x.word) >= len("doo") + 2
+
+
+@pytest.mark.parametrize("text", ["In 1987 the price was 12", "Der Hund läuft über die Straß", "東京は日本の",
+                                  "emoji 🎉 party ", "tab\tand\x00nul ", "bad \ud800 surrogate ", "x" * 5000])
+def test_odd_text_does_not_crash(p, text):
+    s = p.predict(text)
+    assert isinstance(s, list)
+    _, typed = split_partial_word(text.encode("utf-8", "replace").decode())
+    for x in s:
+        assert x.word.lower().startswith(typed.lower())
+
+
+def test_typing_inside_a_word_reuses_the_word_start_list(p):
+    top = p.predict(STORY, n=1, session="doc")[0].word
+    before = p.tokens_computed
+    for i in range(1, len(top) - 1):  # type the word letter by letter, while it still saves a key
+        assert words(p.predict(STORY + top[:i], n=1, session="doc")) == [top]
+    assert p.tokens_computed == before  # served from the ranked list: no model work
+
+
+def test_a_prefix_the_list_does_not_cover_searches_again(p):
+    p.predict(STORY, session="doc")
+    before = p.tokens_computed
+    s = p.predict(STORY + "Wh", session="doc")
+    assert s and all(x.word.startswith("Wh") for x in s)
+    assert p.tokens_computed > before
+
+
+def test_a_new_word_costs_a_few_tokens(p):
+    p.predict(STORY, session="doc")
+    before = p.tokens_computed
+    p.predict(STORY + "My daughter, ", session="doc")
+    new_context_tokens = 4  # " My", " daughter", ","  plus at most one re-run token
+    search_tokens = 8 * 8  # at most beam width x word length, usually far fewer
+    assert 0 < p.tokens_computed - before <= new_context_tokens + search_tokens
+
+
+def test_prefill_then_predict_computes_only_the_search(p):
+    p.prefill(STORY, session="doc")
+    before = p.tokens_computed
+    assert p.predict(STORY, session="doc")
+    p.predict(STORY, session="doc")  # the same request again: nothing new at all
+    after_two = p.tokens_computed
+    p.predict(STORY, session="doc")
+    assert p.tokens_computed == after_two
+    assert after_two - before <= 8 * 8
+
+
+def test_sessions_are_separate_and_bounded(p):
+    p.max_sessions = 2
+    try:
+        p.predict("Dear John, ", session="a")
+        p.predict("The weather ", session="b")
+        p.predict("Once upon a ", session="c")
+        assert p.sessions == ["b", "c"]  # least recently used went away
+        p.close_session("b")
+        assert p.sessions == ["c"]
+    finally:
+        p.max_sessions = 8
+
+
+def test_long_document_uses_a_window_before_the_cursor(p):
+    text = (STORY * 200)  # ~8k tokens, far over the window
+    s = p.predict(text, session="long")
+    assert s
+    session = p._sessions["long"]
+    assert len(session.ids) <= p.max_context_tokens
+    # typing on at the end keeps the window start, so the cache is reused
+    before = p.tokens_computed
+    p.predict(text + "Let ", session="long")
+    assert p.tokens_computed - before <= 4 + 64
+
+
+def test_cancellation_stops_the_work(p):
+    with pytest.raises(Cancelled):
+        p.predict(STORY * 20, session="c", cancelled=lambda: True)
+    assert p.predict(STORY, session="c")  # the session is still usable afterwards
