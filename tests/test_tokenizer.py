@@ -6,6 +6,7 @@ import pytest
 import regex
 from safetensors import safe_open
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, processors
 from transformers import PreTrainedTokenizerFast
 
 from nextword.model.weights_file import TOKENIZER_KEY
@@ -86,6 +87,23 @@ def test_build_without_digit_split():
     assert joined.encode("123") == [4]
     assert joined.encode("a<eot>") == [6, 7]
     assert joined.special_ids == frozenset({7})
+
+
+def test_document_start_follows_a_bos_adding_post_processor():
+    inner = HFTokenizer(models.BPE({"<s>": 0, "a": 1, "<|endoftext|>": 2}, []))
+    inner.add_special_tokens(["<s>", "<|endoftext|>"])
+    inner.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    assert Tokenizer(inner).document_start_id == 0
+    inner.post_processor = None
+    assert Tokenizer(inner).document_start_id == 2
+    assert Tokenizer(HFTokenizer(models.BPE({"a": 0}, [])), bos_id=0).document_start_id == 0
+
+
+def test_token_bytes_of_a_sentencepiece_vocabulary():
+    inner = HFTokenizer(models.BPE({"\u2581the": 0, "<0x0A>": 1, "é": 2, "<s>": 3}, [], byte_fallback=True))
+    inner.add_special_tokens(["<s>"])
+    inner.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    assert Tokenizer(inner).token_bytes == [b" the", b"\n", "é".encode(), b"<s>"]
 
 
 class ReferenceBPE:

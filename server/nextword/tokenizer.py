@@ -41,23 +41,6 @@ class Tokenizer:
         return self._inner.decode(ids, skip_special_tokens=False)
 
     @cached_property
-    def special_ids(self) -> set[int]:
-        """Ids of special (control) tokens such as "<|endoftext|>": never part of a word."""
-        return {i for i, t in self._inner.get_added_tokens_decoder().items() if t.special}
-
-    @cached_property
-    def document_start_id(self) -> int:
-        """The token that separates documents in pretraining, put before every context so an empty
-        text still has a next-token distribution: "<|endoftext|>" where it exists, else BOS."""
-        for text in ("<|endoftext|>", "</s>", "<s>"):
-            i = self._inner.token_to_id(text)
-            if i is not None:
-                return i
-        if self.bos_id is None:
-            raise ValueError("the tokenizer has no document separator or BOS token")
-        return self.bos_id
-
-    @cached_property
     def token_bytes(self) -> list[bytes]:
         """The UTF-8 bytes each token id stands for; concatenating them gives the encoded text.
 
@@ -84,16 +67,21 @@ class Tokenizer:
         return frozenset(i for i, t in self._inner.get_added_tokens_decoder().items() if t.special)
 
     @cached_property
-    def document_start_id(self) -> int | None:
-        """The token a model saw before each training document: the BOS its post-processor adds
-        (Llama), else "<|endoftext|>" (GPT-2 style models such as SmolLM2, whose GGUF names a chat
-        marker as BOS), else `bos_id`."""
+    def document_start_id(self) -> int:
+        """The token a model saw before each training document, put before every context so an
+        empty text still has a next-token distribution: the BOS its post-processor adds (Llama),
+        else "<|endoftext|>" (GPT-2 style models such as SmolLM2, whose GGUF names a chat marker
+        as BOS), else `bos_id`."""
         for step in self._pipeline("post_processor", "processors"):
             first = (step.get("single") or [{}])[0] if step.get("type") == "TemplateProcessing" else {}
             if "SpecialToken" in first:
                 return step["special_tokens"][first["SpecialToken"]["id"]]["ids"][0]
         end_of_text = self._inner.token_to_id("<|endoftext|>")
-        return end_of_text if end_of_text is not None else self.bos_id
+        if end_of_text is not None:
+            return end_of_text
+        if self.bos_id is None:
+            raise ValueError("the tokenizer has no document separator or BOS token")
+        return self.bos_id
 
     def _is_byte_level(self) -> bool:
         return any(d.get("type") == "ByteLevel" for d in self._pipeline("decoder", "decoders"))

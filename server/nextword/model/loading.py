@@ -56,7 +56,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
-        tokenizer = Tokenizer.from_json(file.tokenizer_json)
+        tokenizer = Tokenizer.from_json(file.tokenizer_json, file.config.bos_id, file.config.eos_id)
     except Exception as e:  # the tokenizers library raises bare Exceptions for bad JSON
         raise WeightsError(f"{file.path}: invalid tokenizer in metadata: {e}") from e
     with torch.device("meta"):

@@ -59,8 +59,9 @@ def convert_gguf(gguf_path: str | Path, out: str | Path, dtype: str = "bfloat16"
     return config
 
 
-def load_gguf(path: Path, dtype: str = "bfloat16") -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+def load_gguf(path: str | Path, dtype: str = "bfloat16") -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
     """Config, Hugging Face-named tensors and tokenizer of a llama GGUF file."""
+    path = Path(path)
     torch_dtype = torch_dtype_of(dtype)
     reader = _open(path)
     fields = _Fields(path, reader)

@@ -29,8 +29,9 @@ def convert_hf(checkpoint: str | Path, out: str | Path, dtype: str = "bfloat16")
     return config
 
 
-def load_hf_checkpoint(checkpoint: Path, dtype: str = "bfloat16") -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
+def load_hf_checkpoint(checkpoint: str | Path, dtype: str = "bfloat16") -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
     """Config, tensors and tokenizer.json text of a checkpoint directory."""
+    checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise WeightsError(f"{checkpoint}: not a directory")
     hf = _read_json(checkpoint / "config.json")
