@@ -60,8 +60,10 @@ class KsrResult:
         }
 
 
-def simulate(predict: PredictFn, text: str, n: int = 3, progress: bool = False) -> KsrResult:
-    """Type `text` with suggestions from `predict` and count the keystrokes."""
+def simulate(predict: PredictFn, text: str, n: int = 3, progress: bool = False,
+             idle: Callable[[str], None] | None = None) -> KsrResult:
+    """Type `text` with suggestions from `predict` and count the keystrokes. `idle(text)` runs
+    after each keystroke, untimed: the pause before the person's next key (for speculation)."""
     result = KsrResult(characters=len(text))
     words = list(WORD_RE.finditer(text))
     typed_until = 0
@@ -69,11 +71,15 @@ def simulate(predict: PredictFn, text: str, n: int = 3, progress: bool = False) 
         result.keystrokes += match.start() - typed_until  # the characters between words
         word = match.group()
         result.words += 1
-        for i in range(len(word)):
+        for i in range(len(word) + 1):  # an editor asks again after every key, the last one too
             started = time.perf_counter()
             suggestions = predict(text[: match.start() + i], n)
             elapsed = (time.perf_counter() - started) * 1000
             (result.word_start_ms if i == 0 else result.in_word_ms).append(elapsed)
+            if idle is not None:
+                idle(text[: match.start() + i])
+            if i == len(word):
+                break
             hit = word in suggestions[:n]
             if i == 0:
                 result.word_start_top1 += bool(suggestions) and suggestions[0] == word

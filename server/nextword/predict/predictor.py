@@ -82,21 +82,35 @@ class Predictor:
                 cancelled: Callable[[], bool] | None = None) -> list[Suggestion]:
         """The n most likely words at the cursor, best first (see `Suggestion` for what `word` is).
         Raises Cancelled when `cancelled()` turns true between model steps."""
-        text = _clean(text_before_cursor)
-        context, typed = split_partial_word(text)
-        context, gap = split_gap(context)
-        with self._lock:
-            s = self._session(session)
-            logits = s.sync(self._window_ids(s, context), cancelled)
-            words = self._ranked_words(s, logits, gap, typed, n, cancelled)
-        sentence_start = is_sentence_start(context)
+        context, typed, words = self._words_at(text_before_cursor, n, session, cancelled)
         suggestions: dict[str, float] = {}
-        for w in words:
-            word = apply_casing(w.word, typed, sentence_start)
-            if word.lower().startswith(typed.lower()):
-                suggestions[word] = suggestions.get(word, 0.0) + math.exp(w.logprob)
+        for word, probability in words:
+            if len(word) >= len(typed) + 2:  # shorter words save no keystroke
+                suggestions[word] = suggestions.get(word, 0.0) + probability
         ranked = sorted(suggestions.items(), key=lambda kv: -kv[1])[:n]
         return [Suggestion(word, prob) for word, prob in ranked]
+
+    def speculate(self, text_before_cursor: str, n: int = 3, session: str = "default",
+                  cancelled: Callable[[], bool] | None = None) -> None:
+        """Use the time between keystrokes: assume the person finishes the current word as the
+        best candidate (which may be exactly what was typed) and types a space, and prepare the
+        suggestions for the word after it. Cheap to repeat: what was done is in the session's memo."""
+        context, _, words = self._words_at(text_before_cursor, n, session, cancelled)
+        if words:
+            self.predict(context + words[0][0] + " ", n, session, cancelled)
+
+    def _words_at(self, text_before_cursor: str, n: int, session: str,
+                  cancelled: Callable[[], bool] | None) -> tuple[str, str, list[tuple[str, float]]]:
+        """(context before the partial word, the partial word, candidate words with casing
+        applied and their probabilities, best first)."""
+        context, typed = split_partial_word(_clean(text_before_cursor))
+        stripped, gap = split_gap(context)
+        with self._lock:
+            s = self._session(session)
+            logits = s.sync(self._window_ids(s, stripped), cancelled)
+            words = self._ranked_words(s, logits, gap, typed, n, cancelled)
+        sentence_start = is_sentence_start(stripped)
+        return context, typed, [(apply_casing(w.word, typed, sentence_start), math.exp(w.logprob)) for w in words]
 
     def prefill(self, text: str, session: str = "default", cancelled: Callable[[], bool] | None = None) -> None:
         """Warm the session's cache for this text before the next request needs it."""
@@ -155,12 +169,11 @@ class Predictor:
                       cancelled: Callable[[], bool] | None) -> list[WordScore]:
         """Candidates for this word: from a remembered list when it still has n words starting
         with what was typed, else from a new search constrained by the typed prefix."""
-        lists: dict[str, WordList] = s.word_lists.setdefault(gap, {})
+        lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
         needed = [w for w in lists.values() if typed.lower().startswith(w.typed.lower())]
         for wl in sorted(needed, key=lambda wl: -len(wl.typed)):
-            matching = [w for w in wl.words if w.word.lower().startswith(typed.lower())
-                        and len(w.word) >= len(typed) + 2]
-            if len(matching) >= n:
+            matching = [w for w in wl.words if w.word.lower().startswith(typed.lower())]
+            if sum(len(w.word) >= len(typed) + 2 for w in matching) >= n:
                 return matching
         words = search_words(s, logits, self.table, gap.encode(), typed.encode(), n,
                              min_chars=len(typed) + 2, beam_width=self.beam_width, cancelled=cancelled)

@@ -7,6 +7,7 @@ Slots after the context are scratch space for the word search's beams (see `tree
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,6 +17,7 @@ from nextword.model.llama import KVCache, Transformer
 
 PREFILL_CHUNK = 256  # tokens per forward call while prefilling; cancellation is checked between chunks
 SCRATCH_SLOTS = 512  # room after the context for the beams of one word search
+REMEMBERED_CONTEXTS = 16  # contexts whose logits and word lists a session keeps
 
 
 class Cancelled(Exception):
@@ -40,24 +42,27 @@ class Session:
         self.model = model
         self.cache: KVCache | None = None  # allocated on first use, grown as needed
         self.ids: list[int] = []  # tokens whose keys/values are valid in cache slots [0, len(ids))
-        self.last_logits: Tensor | None = None  # next-token logits after ids, when computed
         self.window_start = 0  # character offset of the context window in the document
         self.tokens_computed = 0  # every token run through the model for this session
-        self.word_lists: dict = {}  # the predictor's candidate lists for the current context
+        # Results by context, so that going back to a context seen moments ago is free: after a
+        # speculative look at the next word, the real request still finds its logits and lists.
+        self._logits: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
+        self._word_lists: OrderedDict[tuple[int, ...], dict] = OrderedDict()
         self._scratch_used = 0
 
     def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
         """Make the cache hold exactly `ids`; return the next-token logits after them."""
         if not ids:
             raise ValueError("a session needs at least one token of context")
+        key = tuple(ids)
         keep = common_prefix_length(self.ids, ids)
-        if keep == len(ids) == len(self.ids) and self.last_logits is not None:
-            return self.last_logits
+        if keep == len(ids) and key in self._logits:  # the same context, or one we came from
+            self.ids = ids[:]
+            self._logits.move_to_end(key)
+            return self._logits[key]
         keep = min(keep, len(ids) - 1)  # recompute at least the last token to get its logits
         self._ensure_slots(len(ids) + SCRATCH_SLOTS)
         self.ids = ids[:keep]
-        self.last_logits = None
-        self.word_lists.clear()
         while len(self.ids) < len(ids):
             check(cancelled)
             chunk = ids[len(self.ids): len(self.ids) + PREFILL_CHUNK]
@@ -66,8 +71,16 @@ class Session:
             logits = self.model(torch.tensor(chunk, device=self._device), positions, self.cache, last_only=True)
             self.ids.extend(chunk)
             self.tokens_computed += len(chunk)
-        self.last_logits = logits[-1]
-        return self.last_logits
+        _remember(self._logits, key, logits[-1])
+        return logits[-1]
+
+    def word_lists(self) -> dict:
+        """The predictor's memo for the current context (candidate lists by gap and typed prefix)."""
+        key = tuple(self.ids)
+        if key not in self._word_lists:
+            _remember(self._word_lists, key, {})
+        self._word_lists.move_to_end(key)
+        return self._word_lists[key]
 
     def tree_step(self, tokens: list[int], depths: list[int], ancestors: list[list[int]]) -> tuple[Tensor, list[int]]:
         """Run one token per beam after the context, all beams in one forward call.
@@ -106,3 +119,9 @@ class Session:
             self.cache = self.model.new_cache(slots)
         elif slots > self.cache.slots:
             self.cache.grow(max(slots, self.cache.slots * 3 // 2))
+
+
+def _remember(memo: OrderedDict, key, value) -> None:
+    memo[key] = value
+    while len(memo) > REMEMBERED_CONTEXTS:
+        memo.popitem(last=False)

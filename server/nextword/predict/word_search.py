@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from nextword.predict.session import Session, check
+from nextword.predict.text import APOSTROPHES, WORD_RE
 
 MAX_WORD_TOKENS = 8
 
@@ -41,10 +42,15 @@ class WordScore:
     logprob: float
 
 
-def _is_word_byte(b: int) -> bool:
-    # ASCII letters/digits/apostrophe; any non-ASCII byte (part of a UTF-8 letter, or ’) counts
-    # as a word byte so a multi-byte character is never split at a boundary.
-    return b >= 0x80 or chr(b).isalnum() or b == 0x27
+def _all_word_chars(b: bytes) -> bool:
+    """Whether bytes hold only word characters (letters, digits, apostrophes). Bytes of a
+    character cut in half by the token boundary are dropped, so they never end a word."""
+    return all(c.isalnum() or c in APOSTROPHES for c in b.decode("utf-8", errors="ignore"))
+
+
+def _starts_word(b: bytes) -> bool:
+    first = b.decode("utf-8", errors="ignore")[:1]
+    return not first or first.isalnum() or first in APOSTROPHES
 
 
 def _ascii_lower(b: bytes) -> bytes:
@@ -64,12 +70,12 @@ class TokenTable:
         for i, b in enumerate(token_bytes):
             if i in special_ids or not b:
                 boundary[i] = i in special_ids  # end of text ends a word; empty tokens do nothing
-            elif all(_is_word_byte(c) for c in b):
+            elif _all_word_chars(b):
                 continues[i] = True
-            elif not _is_word_byte(b[0]):
+            elif not _starts_word(b):
                 boundary[i] = True
         self.continues_ids = continues.nonzero().squeeze(1)
-        self.boundary_mask = boundary
+        self.boundary_ids = boundary.nonzero().squeeze(1)
         self._by_prefix = sorted(range(n), key=lambda i: self.lower[i])
         self._sorted_lower = [self.lower[i] for i in self._by_prefix]
         self.allowed_ids = lru_cache(maxsize=4096)(self._allowed_ids)
@@ -86,7 +92,7 @@ class TokenTable:
         lo = bisect.bisect_left(self._sorted_lower, remaining)
         hi = bisect.bisect_left(self._sorted_lower, remaining + b"\xff\xff\xff\xff")
         for i in self._by_prefix[lo:hi]:  # tokens that spell all of it, then maybe more
-            if all(_is_word_byte(c) for c in self.lower[i][len(remaining):]):
+            if _all_word_chars(self.lower[i][len(remaining):]):
                 ids.append(i)
         return torch.tensor(sorted(set(ids) - self.special), dtype=torch.long)
 
@@ -100,15 +106,18 @@ class TokenTable:
 
 
 def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: bytes, typed: bytes,
-                 n: int, min_chars: int = 1, beam_width: int = 8, cancelled: Callable[[], bool] | None = None) -> list[WordScore]:
+                 n: int, min_chars: int = 1, beam_width: int = 8,
+                 cancelled: Callable[[], bool] | None = None) -> list[WordScore]:
     """The most likely next words after the context whose logits are `first_logits`, best first.
 
     gap: spaces that precede the word; typed: the part of the word already typed. Words are
-    returned as the model spells them (case may differ from `typed`), without the gap. Words
-    shorter than `min_chars` characters save nothing and are left out."""
+    returned as the model spells them (case may differ from `typed`), without the gap. The
+    search runs until the n best words of at least `min_chars` characters are settled; shorter
+    words found on the way are returned too.
+    """
     required = _ascii_lower(gap + typed)
     finished: dict[str, float] = {}
-    beams = _extend([Beam([], 0.0, b"")], [torch.log_softmax(first_logits, -1)], table, required, beam_width)
+    beams = _extend([Beam([], 0.0, b"")], torch.log_softmax(first_logits[None], -1), table, required, beam_width)
     session.reset_scratch()
     for _ in range(MAX_WORD_TOKENS):
         if not beams:
@@ -117,35 +126,34 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
         logits, slots = session.tree_step([b.tokens[-1] for b in beams], [len(b.tokens) - 1 for b in beams],
                                           [b.slots for b in beams])
         logprobs = torch.log_softmax(logits, -1)
-        for beam, slot in zip(beams, slots):
+        log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
+        for beam, slot, end in zip(beams, slots, log_p_end):
             beam.slots = beam.slots + [slot]
-        p_boundary = logprobs.exp()[:, table.boundary_mask].sum(-1).tolist()
-        for beam, p_end in zip(beams, p_boundary):
-            if len(beam.text) > len(gap) and len(beam.text) >= len(required) and p_end > 0:
-                word = _decode(beam.text[len(gap):])
-                if word is not None and len(word) >= min_chars and word[0] not in "'\u2019":
-                    finished[word] = _logaddexp(finished.get(word), beam.logprob + math.log(p_end))
-        beams = _extend(beams, list(logprobs), table, required, beam_width)
-        ranked = sorted(finished.values(), reverse=True)
+            word = _decode(beam.text[len(gap):]) if len(beam.text) >= len(required) else None
+            if word and WORD_RE.fullmatch(word):
+                finished[word] = _logaddexp(finished.get(word), beam.logprob + end)
+        beams = _extend(beams, logprobs, table, required, beam_width)
+        ranked = sorted((v for w, v in finished.items() if len(w) >= min_chars), reverse=True)
         if len(ranked) >= n and (not beams or beams[0].logprob <= ranked[n - 1]):
             break
     return sorted((WordScore(w, s) for w, s in finished.items()), key=lambda w: -w.logprob)
 
 
-def _extend(beams: list[Beam], logprobs: list[Tensor], table: TokenTable, required: bytes, width: int) -> list[Beam]:
-    """All allowed one-token extensions of the beams, best `width` kept."""
-    candidates: list[tuple[float, Beam, int]] = []
-    for beam, lp in zip(beams, logprobs):
-        remaining = required[len(beam.text):] if len(beam.text) < len(required) else b""
-        ids = table.allowed_ids(remaining)
-        if len(ids) == 0:
-            continue
-        top = torch.topk(lp[ids], min(width, len(ids)))
-        for value, index in zip(top.values.tolist(), top.indices.tolist()):
-            candidates.append((beam.logprob + value, beam, int(ids[index])))
-    candidates.sort(key=lambda c: -c[0])
-    return [Beam(b.tokens + [t], score, b.text + table.token_bytes[t], b.slots)
-            for score, b, t in candidates[:width] if score > -math.inf]
+def _extend(beams: list[Beam], logprobs: Tensor, table: TokenTable, required: bytes, width: int) -> list[Beam]:
+    """The best `width` allowed one-token extensions of the beams (logprobs: [beams, vocab])."""
+    scores = torch.full_like(logprobs, -math.inf)
+    for row, beam in enumerate(beams):
+        ids = table.allowed_ids(required[len(beam.text):])
+        scores[row, ids] = logprobs[row, ids] + beam.logprob
+    top = torch.topk(scores.flatten(), min(width, scores.numel()))
+    vocab = logprobs.shape[1]
+    out = []
+    for score, index in zip(top.values.tolist(), top.indices.tolist()):
+        if score == -math.inf:
+            break
+        beam, token = beams[index // vocab], index % vocab
+        out.append(Beam(beam.tokens + [token], score, beam.text + table.token_bytes[token], beam.slots))
+    return out
 
 
 def _decode(b: bytes) -> str | None:
