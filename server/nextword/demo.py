@@ -12,7 +12,7 @@ import time
 import tty
 
 from nextword.predict.predictor import Predictor
-from nextword.predict.text import split_partial_word
+from nextword.predict.text import as_finished, split_partial_word
 
 HELP = "Type; Tab accepts the first suggestion, 1-3 pick one, Enter starts a new line, Ctrl-D or Esc quits."
 
@@ -66,9 +66,9 @@ def _draw(text: str, suggestions, ms: float) -> None:
 
 
 def _line_demo(predictor: Predictor) -> int:
-    print(HELP.split(";")[0] + " a line; the suggestions for what follows it are printed.", file=sys.stderr)
+    print("Type a line; the words most likely to follow it are printed.", file=sys.stderr)
     for line in sys.stdin:
         text = line.rstrip("\n")
-        suggestions, ms = _suggest(predictor, text)
+        suggestions, ms = _suggest(predictor, as_finished(text))
         print(f"{text!r} -> " + ", ".join(f"{s.word} ({s.probability:.0%})" for s in suggestions) + f"  [{ms:.0f} ms]")
     return 0

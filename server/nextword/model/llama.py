@@ -53,9 +53,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Normalise in fp32 like the reference implementation, then return to the input dtype.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 def rotary_tables(config: ModelConfig, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -86,11 +84,11 @@ class Attention(nn.Module):
                 slots: Tensor, span: int, mask: Tensor | None) -> Tensor:
         T = x.shape[0]
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(T, self.n_heads, self.head_dim).transpose(0, 1)
-        k = k.view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
-        v = v.view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.wqkv(x)
+        # Rotate queries and keys in one go, as [heads + kv_heads, T, head_dim].
+        qk = apply_rotary(qkv[:, : q_dim + kv_dim].view(T, -1, self.head_dim).transpose(0, 1), cos, sin)
+        q, k = qk[: self.n_heads], qk[self.n_heads:]
+        v = qkv[:, q_dim + kv_dim:].view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
         cache_k.index_copy_(1, slots, k)
         cache_v.index_copy_(1, slots, v)
         y = F.scaled_dot_product_attention(

@@ -52,3 +52,9 @@ def is_sentence_or_line_start(text: str, i: int) -> bool:
     if i == 0:
         return True
     return text[i - 1] == "\n" or (text[i - 1] == " " and is_sentence_start(text[:i]))
+
+
+def as_finished(text: str) -> str:
+    """The text with a space after a last word, so the next word is predicted rather than a
+    longer version of the last one (for one-shot use: `nextword predict`, the line demo)."""
+    return text + " " if text[-1:] and is_word_char(text[-1]) else text
