@@ -7,8 +7,12 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 WEIGHTS := weights/smollm2-135m.safetensors
 CORPUS ?= ../shared/corpus
+EXT := vscode-client
+EXT_VERSION := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' $(EXT)/package.json)
+VSIX := $(EXT)/nextword-$(EXT_VERSION).vsix
+EXT_NODE_MODULES := $(EXT)/node_modules/.package-lock.json
 
-.PHONY: setup weights run test eval clean
+.PHONY: setup weights run test eval clean vsix e2e-setup
 
 setup: $(INSTALLED)
 
@@ -25,11 +29,26 @@ $(WEIGHTS): | $(INSTALLED)
 run: setup weights
 	$(PY) -m nextword demo
 
-test: setup weights
+test: setup weights e2e-setup
 	$(PY) -m pytest -q
 
 eval: setup weights
 	$(PY) -m nextword eval --text $(wildcard $(CORPUS)/*.txt) --out results/eval.json
 
+# The VS Code extension, packaged offline with @vscode/vsce (pinned by vscode-client/package-lock.json).
+vsix: $(VSIX)
+
+$(EXT_NODE_MODULES): $(EXT)/package.json $(EXT)/package-lock.json
+	cd $(EXT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(VSIX): $(EXT_NODE_MODULES) $(wildcard $(EXT)/src/*.ts) $(EXT)/esbuild.mjs $(EXT)/README.md $(EXT)/.vscodeignore
+	cd $(EXT) && npx vsce package --no-dependencies --skip-license --allow-missing-repository -o nextword-$(EXT_VERSION).vsix
+
+# What the VS Code end-to-end test needs (chromium, Node 24, code-server, playwright-core): installed
+# once by scripts/setup-e2e.sh, then a quick check; and the .vsix it installs.
+e2e-setup: vsix
+	bash scripts/setup-e2e.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info server/*.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info server/*.egg-info .pytest_cache $(EXT)/dist $(EXT)/out $(EXT)/*.vsix
