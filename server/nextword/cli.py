@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from nextword.model.weights_file import WeightsError
+from nextword.predict.text import as_finished
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     _model_options(p)
     p.set_defaults(func=_predict)
 
+    p = sub.add_parser("serve", help="run the language server (on stdio unless --tcp or --ws)")
+    transport = p.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="talk LSP on stdin/stdout (the default)")
+    transport.add_argument("--tcp", metavar="HOST:PORT", help="listen for one client on a TCP port")
+    transport.add_argument("--ws", metavar="HOST:PORT", help="listen for one client on a WebSocket")
+    p.add_argument("--log-file", type=Path, help="write the log here instead of stderr")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level (default INFO)")
+    _model_options(p)
+    p.set_defaults(func=_serve)
+
     p = sub.add_parser("demo", help="type in the terminal and watch the suggestions; Tab accepts the first")
     _model_options(p)
     p.set_defaults(func=_demo)
@@ -33,8 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=3, help="suggestions shown per keystroke (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    p.add_argument("--no-speculate", action="store_true",
+                   help="don't use the pause after each keystroke to prepare the next word")
     _model_options(p)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("lsp", help="language server latency over stdio while typing a corpus text")
+    p.add_argument("--text", type=Path, nargs="+", required=True, help="UTF-8 text file(s); the first ~6000 "
+                   "characters are the context, the following ones are typed")
+    p.add_argument("--chars", type=int, default=600, help="characters to type (default 600)")
+    p.add_argument("--n", type=int, default=3, help="suggestions per request (default 3)")
+    p.add_argument("--out", type=Path, default=Path("results/bench-lsp.json"), help="JSON report (default %(default)s)")
+    p.add_argument("--model", type=Path, help="model file for the server (default: its default)")
+    p.set_defaults(func=_bench_lsp)
 
     from nextword.weights.commands import add_weights_parser
     add_weights_parser(sub)
@@ -54,19 +79,22 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: the fastest exact-enough)")
     p.add_argument("--max-context-tokens", type=int, default=1024, help="context window in tokens (default 1024)")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; 1 is "
+                   "steadier when other programs keep the cores busy)")
 
 
 def _load(args: argparse.Namespace):
+    import torch
+
     from nextword.predict.predictor import Predictor
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return Predictor.load(args.model, args.device, args.dtype, max_context_tokens=args.max_context_tokens)
 
 
 def _predict(args: argparse.Namespace) -> int:
     predictor = _load(args)
-    text = args.text
-    if not args.partial and text[-1:].isalnum():
-        text += " "  # TEXT is finished: predict the next word, not a longer version of the last one
-    suggestions = predictor.predict(text, args.n)
+    suggestions = predictor.predict(args.text if args.partial else as_finished(args.text), args.n)
     if args.json:
         print(json.dumps([{"word": s.word, "probability": s.probability} for s in suggestions]))
     else:
@@ -88,10 +116,14 @@ def _eval(args: argparse.Namespace) -> int:
 
         print(f"{path}: {len(text)} characters", file=sys.stderr)
         started = time.perf_counter()
-        result = simulate(predict, text, args.n, progress=True)
+        def idle(before: str) -> None:
+            predictor.speculate(before, args.n, session=session)
+
+        result = simulate(predict, text, args.n, progress=True, idle=None if args.no_speculate else idle)
         results[str(path)] = {**result.summary(), "seconds": time.perf_counter() - started}
         predictor.close_session(session)
     report = {"model": str(predictor.loaded.path), "device": str(predictor.loaded.device),
+              "speculate": not args.no_speculate,
               "dtype": str(predictor.loaded.dtype).removeprefix("torch."), "n": args.n, "texts": results}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +136,43 @@ def _eval(args: argparse.Namespace) -> int:
         for name, r in results.items():
             print(f"{Path(name).name:<28} {r['ksr']:>7.3f} {r['word_start_top1']:>6.3f} {r['word_start_topn']:>6.3f} "
                   f"{r['all_keystrokes_ms']['p50']:>10.1f} {r['word_start_ms']['p50']:>14.1f}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from nextword.lsp.server import server
+    from nextword.lsp.settings import Settings
+    # One thread unless asked: the server shares the CPU with the editor, and OpenMP threads that
+    # spin while other processes run made 2 threads ~15x slower on the 2-core machines here.
+    torch.set_num_threads(args.threads or 1)
+    logging.basicConfig(filename=args.log_file, level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":  # pygls logs every message body at INFO
+        logging.getLogger("pygls").setLevel(logging.WARNING)
+    server.settings = Settings(model_path=str(args.model) if args.model else None, device=args.device,
+                               dtype=args.dtype, max_context_tokens=args.max_context_tokens)
+    if args.tcp or args.ws:
+        host, _, port = (args.tcp or args.ws).rpartition(":")
+        serve = server.serve_tcp if args.tcp else server.serve_ws
+        return serve(host or "127.0.0.1", int(port))
+    return server.serve_stdio()
+
+
+def _bench_lsp(args: argparse.Namespace) -> int:
+    from nextword.eval.bench_lsp import print_report, run_bench
+    command = [sys.executable, "-m", "nextword", "serve", "--log-level", "WARNING"]
+    if args.model:
+        command += ["--model", str(args.model)]
+    reports = []
+    for path in args.text:
+        reports.append(run_bench(path, command, args.chars, args.n))
+        print_report(reports[-1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(reports, indent=2))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""The language server (pygls): next-word completion and inline completion for prose."""

@@ -1,0 +1,323 @@
+"""The nextword language server: next-word completion and inline completion for prose.
+
+The features at the bottom are thin: they find the document and the cursor, then ask the
+`Engine` (engine.py) to run the model off the event loop. Protocol fixes live in protocol.py,
+document text and positions in documents.py, the word rules in completion.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import itertools
+import logging
+import sys
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter, WebSocketWriter
+from pygls.lsp.server import LanguageServer
+
+from nextword import __version__
+from nextword.model.weights_file import WeightsError
+from nextword.predict.predictor import Predictor
+from nextword.predict.session import Cancelled
+
+from .completion import CONFIDENT, MAX_INLINE_WORDS, completion_items, cursor_at
+from .documents import Document
+from .engine import CancelCheck, Engine, speculate, suggest
+from .protocol import NextwordProtocol, read_stream, stdin_reader
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WARM_DELAY = 0.05  # seconds after an edit before background work starts (see did_change)
+CONFIGURATION_TIMEOUT = 5.0  # seconds to wait for workspace/configuration before going on without it
+HOW_TO_BUILD = ("Build the default model with `nextword weights build` (or `make weights`), "
+                "or set nextword.modelPath to a model file.")
+
+
+class NextwordServer(LanguageServer):
+    protocol: NextwordProtocol
+
+    def __init__(self) -> None:
+        super().__init__("nextword", __version__, protocol_cls=NextwordProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = Settings()  # the command line's; the client's are applied on top
+        self.engine = Engine()
+        self._progress_tokens = itertools.count(1)
+
+    # Running on a transport. Each returns the exit status (see NextwordProtocol.lsp_exit).
+
+    def serve_stdio(self) -> int:
+        async def run() -> None:
+            self.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+            await read_stream(stdin_reader(), self.protocol)
+        return self._serve(run())
+
+    def serve_tcp(self, host: str, port: int) -> int:
+        async def run() -> None:
+            done = asyncio.Event()
+
+            async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                self.protocol.set_writer(writer)
+                await read_stream(reader, self.protocol)
+                writer.close()
+                done.set()
+
+            async with await asyncio.start_server(connection, host, port) as tcp:
+                logger.info("serving on %s", ", ".join(str(s.getsockname()) for s in tcp.sockets))
+                await done.wait()
+        return self._serve(run())
+
+    def serve_ws(self, host: str, port: int) -> int:
+        from websockets.asyncio.server import ServerConnection, serve
+
+        async def run() -> None:
+            done = asyncio.Event()
+
+            async def connection(websocket: ServerConnection) -> None:
+                self.protocol.set_writer(WebSocketWriter(websocket), include_headers=False)
+                async for message in websocket:
+                    self.protocol.handle_body(message)
+                    if self.protocol.exit_code is not None:
+                        break
+                done.set()
+
+            async with serve(connection, host, port):
+                logger.info("serving websocket on %s:%s", host, port)
+                await done.wait()
+        return self._serve(run())
+
+    def _serve(self, main) -> int:
+        try:
+            asyncio.run(main)
+        except (BrokenPipeError, ConnectionResetError):
+            logger.error("the connection to the client is lost")
+        finally:
+            self.engine.stop()
+        code = self.protocol.exit_code
+        return 1 if code is None else code  # the stream ended without `exit`: abnormal
+
+    # State the features share.
+
+    def document(self, uri: str) -> Document:
+        doc = self.protocol.documents.get(uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"unknown document {uri}: send textDocument/didOpen first")
+        return doc
+
+    def offset(self, doc: Document, position: types.Position) -> int:
+        try:
+            return doc.offset_at(position)
+        except IndexError as e:
+            raise JsonRpcInvalidParams(str(e)) from None
+
+    def wants(self, doc: Document) -> bool:
+        return self.settings.wants(doc.language_id)
+
+    def warm(self, doc: Document, offset: int) -> None:
+        """In the background, prepare the suggestions for a cursor at `offset` and the words
+        after the likely end of the current word (the next request or edit supersedes this)."""
+        if self.engine.ready and self.wants(doc):
+            context = self.engine.context(doc.uri, doc.text, offset)
+            self.engine.start(doc.uri, speculate(context, self.settings.max_suggestions, doc.uri))
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        logger.log(logging.ERROR if kind == types.MessageType.Error else logging.INFO, "%s", message)
+        self.window_log_message(types.LogMessageParams(type=kind, message=message))
+        if kind == types.MessageType.Error:
+            self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def apply_settings(self, raw: object) -> None:
+        self.settings, problems = self.settings.updated(raw)
+        for problem in problems:
+            self.show(types.MessageType.Warning, problem)
+
+    async def pull_configuration(self) -> None:
+        """Ask the client for the "nextword" section, when it can answer."""
+        if not _supports(self.client_capabilities, "workspace", "configuration"):
+            return
+        try:
+            result = await asyncio.wait_for(self.workspace_configuration_async(
+                types.ConfigurationParams(items=[types.ConfigurationItem(section="nextword")])), CONFIGURATION_TIMEOUT)
+        except Exception as e:  # a client that fails here must not stop the server from working
+            logger.warning("workspace/configuration failed: %s", e)
+            return
+        if result:
+            self.apply_settings(result[0])
+
+    async def load_model(self) -> None:
+        """Load the model the settings name, reporting $/progress when the client supports it.
+        A failure leaves the server running: it says why and answers with empty results."""
+        name = self.settings.model_path or "the default model"
+        token = None
+        if _supports(self.client_capabilities, "window", "work_done_progress"):
+            token = f"nextword/load/{next(self._progress_tokens)}"
+            try:
+                await self.work_done_progress.create_async(token)
+                self.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                    title="nextword", message=f"loading {name}"))
+            except Exception as e:
+                logger.warning("no progress reporting: %s", e)
+                token = None
+        try:
+            predictor = await self.engine.load(self.settings)
+        except (WeightsError, ValueError, OSError) as e:
+            self.engine.error = f"nextword: cannot load the model: {e}. {HOW_TO_BUILD}"
+            self.show(types.MessageType.Error, self.engine.error)
+            done = "failed"
+        else:
+            loaded = predictor.loaded
+            dtype = str(loaded.dtype).removeprefix("torch.")
+            self.show(types.MessageType.Info, f"nextword: loaded {loaded.path} on {loaded.device} ({dtype})")
+            done = "ready"
+            for doc in self.protocol.documents:
+                self.warm(doc, len(doc.text))
+        if token is not None:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=done))
+
+
+def _supports(capabilities: types.ClientCapabilities, *path: str) -> bool:
+    value: object = capabilities
+    for name in path:
+        value = getattr(value, name, None)
+    return bool(value)
+
+
+server = NextwordServer()
+
+
+@server.feature(types.INITIALIZE)
+def initialize(ls: NextwordServer, params: types.InitializeParams) -> None:
+    ls.apply_settings(params.initialization_options)
+
+
+@server.feature(types.INITIALIZED)
+async def initialized(ls: NextwordServer, params: types.InitializedParams) -> None:
+    await ls.pull_configuration()
+    ls.engine.configure(ls.settings)
+    await ls.load_model()
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+async def did_change_configuration(ls: NextwordServer, params: types.DidChangeConfigurationParams) -> None:
+    before = ls.settings
+    if isinstance(params.settings, dict) and "nextword" in params.settings:
+        ls.apply_settings(params.settings["nextword"])  # pushed by the client
+    else:
+        await ls.pull_configuration()
+    ls.engine.configure(ls.settings)
+    if ls.settings.model_key() != before.model_key() and not ls.engine.loading:
+        await ls.load_model()
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: NextwordServer, params: types.DidOpenTextDocumentParams) -> None:
+    doc = ls.document(params.text_document.uri)
+    ls.warm(doc, len(doc.text))  # editors often open where the writing goes on: the end
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: NextwordServer, params: types.DidChangeTextDocumentParams) -> None:
+    doc = ls.document(params.text_document.uri)
+    last = params.content_changes[-1] if params.content_changes else None
+    if last is None:
+        return
+    # The cursor is most likely just after the last edit (positions before it are unchanged).
+    partial = isinstance(last, types.TextDocumentContentChangePartial)
+    offset = doc.clamped_offset_at(last.range.start) + len(last.text) if partial else len(doc.text)
+    # Editors that complete as you type send a request right after the edit, and work started now
+    # would only delay it by a model step: warm up only if no request came within WARM_DELAY.
+    job = ls.engine.latest_job(doc.uri)
+    asyncio.get_running_loop().call_later(
+        WARM_DELAY, lambda: ls.engine.latest_job(doc.uri) == job and ls.warm(doc, offset))
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: NextwordServer, params: types.DidCloseTextDocumentParams) -> None:
+    ls.engine.close(params.text_document.uri)
+
+
+@server.feature(types.SHUTDOWN)
+def shutdown(ls: NextwordServer, params: None) -> None:
+    ls.engine.stop()
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION,
+                types.CompletionOptions(trigger_characters=[" "], resolve_provider=False))
+async def completion(ls: NextwordServer, params: types.CompletionParams) -> types.CompletionList:
+    doc = ls.document(params.text_document.uri)
+    offset = ls.offset(doc, params.position)
+    if not ls.wants(doc):
+        return types.CompletionList(is_incomplete=False, items=[])
+    cursor = cursor_at(doc.text, offset)
+    if cursor is None or not ls.engine.ready:
+        # Incomplete: the next keystroke may start a word, or the model may have loaded by then.
+        return types.CompletionList(is_incomplete=True, items=[])
+    replace = types.Range(start=doc.position_at(cursor.start), end=doc.position_at(offset))
+    context = ls.engine.context(doc.uri, doc.text, offset)
+    try:
+        words = await ls.engine.run(doc.uri, "completion", suggest(context, ls.settings.max_suggestions, doc.uri))
+    except Cancelled:  # superseded by a newer request or edit for this document
+        return types.CompletionList(is_incomplete=True, items=[])
+    ls.warm(doc, offset)  # idle time until the next keystroke: prepare the next word
+    return types.CompletionList(is_incomplete=True, items=completion_items(words, replace))
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def inline_completion(ls: NextwordServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+    doc = ls.document(params.text_document.uri)
+    offset = ls.offset(doc, params.position)
+    cursor = cursor_at(doc.text, offset)
+    if not (ls.settings.inline and ls.wants(doc) and cursor is not None and ls.engine.ready):
+        return types.InlineCompletionList(items=[])
+    replace = types.Range(start=doc.position_at(cursor.start), end=doc.position_at(offset))
+    context = ls.engine.context(doc.uri, doc.text, offset)
+    try:
+        text = await ls.engine.run(doc.uri, "inline", _ghost_text(context, cursor.typed, doc.uri))
+    except Cancelled:
+        return types.InlineCompletionList(items=[])
+    ls.warm(doc, offset)
+    items = [types.InlineCompletionItem(insert_text=text, range=replace)] if text else []
+    return types.InlineCompletionList(items=items)
+
+
+def _ghost_text(context: str, typed: str, session: str):
+    """The best word for the cursor, then the words after it while the model is confident."""
+    def work(predictor: Predictor, cancelled: CancelCheck) -> str | None:
+        best = predictor.predict(context, 1, session=session, cancelled=cancelled)
+        if not best:
+            return None
+        words = best
+        text = context[:len(context) - len(typed)] + best[0].word
+        while len(words) < MAX_INLINE_WORDS and words[-1].probability >= CONFIDENT:
+            nxt = predictor.predict(text + " ", 1, session=session, cancelled=cancelled)
+            if not nxt or nxt[0].probability < CONFIDENT:
+                break
+            words.append(nxt[0])
+            text += " " + nxt[0].word
+        return " ".join(w.word for w in words)
+    return work
+
+
+@server.command("nextword.status")
+async def status(ls: NextwordServer) -> dict:
+    """What the server holds, for status bars and tests: the model, warm sessions, open documents."""
+    predictor = ls.engine.predictor
+    loaded = predictor.loaded if predictor else None
+    sessions: list[str] = []
+    if ls.engine.ready:  # read on the worker thread, after the work queued before (didClose frees sessions there)
+        sessions = await ls.engine.run("", "status", lambda p, cancelled: p.sessions)
+    return {
+        "model": None if loaded is None else {"path": str(loaded.path), "device": str(loaded.device),
+                                              "dtype": str(loaded.dtype).removeprefix("torch.")},
+        "loading": ls.engine.loading,
+        "error": ls.engine.error,
+        "sessions": sessions,
+        "documents": [{"uri": d.uri, "languageId": d.language_id, "version": d.version,
+                       "sha256": hashlib.sha256(d.text.encode("utf-8", "surrogatepass")).hexdigest()}
+                      for d in ls.protocol.documents],
+        "settings": dataclasses.asdict(ls.settings),
+    }
