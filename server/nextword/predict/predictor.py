@@ -92,10 +92,20 @@ class Predictor:
 
     def speculate(self, text_before_cursor: str, n: int = 3, session: str = "default",
                   cancelled: Callable[[], bool] | None = None) -> None:
-        """Use the time between keystrokes: assume the person finishes the current word as the
-        best candidate (which may be exactly what was typed) and types a space, and prepare the
-        suggestions for the word after it. Cheap to repeat: what was done is in the session's memo."""
-        context, _, words = self._words_at(text_before_cursor, n, session, cancelled)
+        """Use the time between keystrokes to prepare the two likeliest next requests:
+        1. the person types the likeliest next letter of the word: the suggestions for it;
+        2. the person finishes the word as the best candidate (which may be exactly what was
+           typed) and types a space: the suggestions for the word after it.
+        In this order, because the second leaves the session's cache extended by that word,
+        ready for the request, while the first only uses scratch space after the context.
+        Cheap to repeat: what was done is in the session's memo."""
+        context, typed, words = self._words_at(text_before_cursor, n, session, cancelled)
+        letters: dict[str, float] = {}
+        for word, probability in words:
+            if len(word) > len(typed) + 2:  # after one more letter it would still save a key
+                letters[word[len(typed)]] = letters.get(word[len(typed)], 0.0) + probability
+        if letters:
+            self.predict(text_before_cursor + max(letters, key=letters.get), n, session, cancelled)
         if words:
             self.predict(context + words[0][0] + " ", n, session, cancelled)
 
