@@ -172,17 +172,23 @@ class Transformer(nn.Module):
 
 
 def fused_state_dict(tensors: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    """Map Hugging Face Llama tensor names (see weights_file.py) onto this module's fused layout."""
-    out = {"embed.weight": tensors["model.embed_tokens.weight"], "norm.weight": tensors["model.norm.weight"]}
-    out["head.weight"] = tensors["model.embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
+    """Map Hugging Face Llama tensor names (see weights_file.py) onto this module's fused layout.
+
+    Consumes `tensors`: each one is removed as soon as it is used, so the unfused and fused
+    copies of the weights are never in memory at the same time.
+    """
+    t = tensors
+    out = {"embed.weight": t["model.embed_tokens.weight"], "norm.weight": t.pop("model.norm.weight")}
+    out["head.weight"] = t.pop("model.embed_tokens.weight" if config.tie_embeddings else "lm_head.weight")
     for i in range(config.n_layers):
         p, q = f"model.layers.{i}.", f"blocks.{i}."
-        out[q + "attention_norm.weight"] = tensors[p + "input_layernorm.weight"]
-        out[q + "mlp_norm.weight"] = tensors[p + "post_attention_layernorm.weight"]
+        out[q + "attention_norm.weight"] = t.pop(p + "input_layernorm.weight")
+        out[q + "mlp_norm.weight"] = t.pop(p + "post_attention_layernorm.weight")
         out[q + "attention.wqkv.weight"] = torch.cat(
-            [tensors[p + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")], dim=0)
-        out[q + "attention.wo.weight"] = tensors[p + "self_attn.o_proj.weight"]
+            [t.pop(p + f"self_attn.{n}_proj.weight") for n in ("q", "k", "v")], dim=0)
+        out[q + "attention.wo.weight"] = t.pop(p + "self_attn.o_proj.weight")
         out[q + "mlp.w_gate_up.weight"] = torch.cat(
-            [tensors[p + "mlp.gate_proj.weight"], tensors[p + "mlp.up_proj.weight"]], dim=0)
-        out[q + "mlp.w_down.weight"] = tensors[p + "mlp.down_proj.weight"]
+            [t.pop(p + "mlp.gate_proj.weight"), t.pop(p + "mlp.up_proj.weight")], dim=0)
+        out[q + "mlp.w_down.weight"] = t.pop(p + "mlp.down_proj.weight")
+    t.pop("model.embed_tokens.weight", None)
     return out

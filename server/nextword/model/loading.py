@@ -61,7 +61,9 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
         raise WeightsError(f"{file.path}: invalid tokenizer in metadata: {e}") from e
     with torch.device("meta"):
         model = Transformer(file.config)
-    state = {k: v.to(dtype=dt) for k, v in fused_state_dict(file.tensors, file.config).items()}
+    state = fused_state_dict(file.tensors, file.config)
+    for name, tensor in state.items():
+        state[name] = tensor.to(dtype=dt)  # one at a time: a dtype change never holds two copies
     model.load_state_dict(state, assign=True, strict=True)
     if file.config.tie_embeddings:
         model.head.weight = model.embed.weight
