@@ -146,9 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from nextword.lsp.server import server
     from nextword.lsp.settings import Settings
-    # One thread unless asked: the server shares the CPU with the editor, and OpenMP threads that
-    # spin while other processes run made 2 threads ~15x slower on the 2-core machines here.
-    torch.set_num_threads(args.threads or 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(filename=args.log_file, level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":  # pygls logs every message body at INFO
