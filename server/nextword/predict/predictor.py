@@ -34,6 +34,7 @@ from nextword.weights.paths import default_model_path
 __all__ = ["Cancelled", "Predictor", "Suggestion"]
 
 CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
+SPECULATED_LETTERS = 4  # next letters whose lists are prepared between keystrokes
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ class Predictor:
 
     def speculate(self, text_before_cursor: str, n: int = 3, session: str = "default",
                   cancelled: Callable[[], bool] | None = None) -> None:
-        """Use the time between keystrokes to prepare the two likeliest next requests:
-        1. the person types the likeliest next letter of the word: the suggestions for it;
+        """Use the time between keystrokes to prepare the likeliest next requests:
+        1. the person types one more letter: the lists for the likeliest next letters, all in
+           one search;
         2. the person finishes the word as the best candidate (which may be exactly what was
            typed) and types a space: the suggestions for the word after it.
         In this order, because the second leaves the session's cache extended by that word,
@@ -103,9 +105,18 @@ class Predictor:
         letters: dict[str, float] = {}
         for word, probability in words:
             if len(word) > len(typed) + 2:  # after one more letter it would still save a key
-                letters[word[len(typed)]] = letters.get(word[len(typed)], 0.0) + probability
-        if letters:
-            self.predict(text_before_cursor + max(letters, key=letters.get), n, session, cancelled)
+                letter = word[len(typed)].lower()
+                letters[letter] = letters.get(letter, 0.0) + probability
+        likely = sorted(letters, key=letters.get, reverse=True)[:SPECULATED_LETTERS]
+        if likely:
+            stripped, gap = split_gap(context)
+            with self._lock:
+                s = self._session(session)
+                logits = s.sync(self._window_ids(s, stripped), cancelled)
+                lists = s.word_lists().setdefault(gap, {})
+                todo = [typed + c for c in likely if _from_lists(lists, typed + c, n) is None]
+                if todo:
+                    self._search(s, logits, gap, todo, n, cancelled)
         if words:
             self.predict(context + words[0][0] + " ", n, session, cancelled)
 
@@ -179,16 +190,28 @@ class Predictor:
                       cancelled: Callable[[], bool] | None) -> list[WordScore]:
         """Candidates for this word: from a remembered list when it still has n words starting
         with what was typed, else from a new search constrained by the typed prefix."""
-        lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
-        needed = [w for w in lists.values() if typed.lower().startswith(w.typed.lower())]
-        for wl in sorted(needed, key=lambda wl: -len(wl.typed)):
-            matching = [w for w in wl.words if w.word.lower().startswith(typed.lower())]
-            if sum(len(w.word) >= len(typed) + 2 for w in matching) >= n:
-                return matching
-        words = search_words(s, logits, self.table, gap.encode(), typed.encode(), n,
-                             min_chars=len(typed) + 2, beam_width=self.beam_width, cancelled=cancelled)
-        lists[typed] = WordList(typed, words)
-        return words
+        found = _from_lists(s.word_lists().setdefault(gap, {}), typed, n)
+        return found if found is not None else self._search(s, logits, gap, [typed], n, cancelled)[typed]
+
+    def _search(self, s: Session, logits: torch.Tensor, gap: str, prefixes: list[str], n: int,
+                cancelled: Callable[[], bool] | None) -> dict[str, list[WordScore]]:
+        """Search words for each typed prefix and remember the lists in the session."""
+        results = search_words(s, logits, self.table, gap, prefixes, n, self.beam_width, cancelled)
+        lists = s.word_lists().setdefault(gap, {})
+        for typed, words in results.items():
+            lists[typed] = WordList(typed, words)
+        return results
+
+
+def _from_lists(lists: dict[str, WordList], typed: str, n: int) -> list[WordScore] | None:
+    """The words starting with `typed` from the most specific remembered list that still has n
+    of them long enough to save a keystroke, or None."""
+    usable = [wl for wl in lists.values() if typed.lower().startswith(wl.typed.lower())]
+    for wl in sorted(usable, key=lambda wl: -len(wl.typed)):
+        matching = [w for w in wl.words if w.word.lower().startswith(typed.lower())]
+        if sum(len(w.word) >= len(typed) + 2 for w in matching) >= n:
+            return matching
+    return None
 
 
 def _clean(text: str) -> str:

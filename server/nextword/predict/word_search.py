@@ -105,38 +105,69 @@ class TokenTable:
         return out
 
 
-def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: bytes, typed: bytes,
-                 n: int, min_chars: int = 1, beam_width: int = 8,
-                 cancelled: Callable[[], bool] | None = None) -> list[WordScore]:
-    """The most likely next words after the context whose logits are `first_logits`, best first.
+def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: str, prefixes: list[str],
+                 n: int, beam_width: int = 8,
+                 cancelled: Callable[[], bool] | None = None) -> dict[str, list[WordScore]]:
+    """The most likely next words after the context whose logits are `first_logits`, best first,
+    for each typed prefix in `prefixes` (b"" at a word start) at once.
 
-    gap: spaces that precede the word; typed: the part of the word already typed. Words are
-    returned as the model spells them (case may differ from `typed`), without the gap. The
-    search runs until the n best words of at least `min_chars` characters are settled; shorter
-    words found on the way are returned too.
+    gap: spaces that precede the word; prefixes: what may have been typed of it. Each prefix has its own beams and stops on its own, but
+    all beams advance in the same forward calls, so preparing the lists for several possible next
+    letters costs little more than one. Words are returned as the model spells them (case may
+    differ from the prefix), without the gap. A prefix's search runs until its n best words of at
+    least len(prefix) + 2 characters (shorter ones save no keystroke) are settled; shorter words
+    found on the way are returned too.
     """
-    required = _ascii_lower(gap + typed)
-    finished: dict[str, float] = {}
-    beams = _extend([Beam([], 0.0, b"")], torch.log_softmax(first_logits[None], -1), table, required, beam_width)
+    root = torch.log_softmax(first_logits[None], -1)
+    groups = {typed: _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2) for typed in dict.fromkeys(prefixes)}
+    gap_bytes = len(gap.encode())
+    for group in groups.values():
+        group.beams = _extend([Beam([], 0.0, b"")], root, table, group.required, beam_width)
     session.reset_scratch()
     for _ in range(MAX_WORD_TOKENS):
-        if not beams:
+        live = [(g, b) for g in groups.values() for b in g.beams]
+        if not live:
             break
         check(cancelled)
-        logits, slots = session.tree_step([b.tokens[-1] for b in beams], [len(b.tokens) - 1 for b in beams],
-                                          [b.slots for b in beams])
+        # Beams of different prefixes can hold the same tokens (" The" for b"" and b"T"): run each path once.
+        rows: dict[tuple[int, ...], int] = {}
+        firsts = []
+        for _, beam in live:
+            if tuple(beam.tokens) not in rows:
+                rows[tuple(beam.tokens)] = len(rows)
+                firsts.append(beam)
+        logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
+                                          [b.slots for b in firsts])
         logprobs = torch.log_softmax(logits, -1)
         log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
-        for beam, slot, end in zip(beams, slots, log_p_end):
-            beam.slots = beam.slots + [slot]
-            word = _decode(beam.text[len(gap):]) if len(beam.text) >= len(required) else None
-            if word and WORD_RE.fullmatch(word):
-                finished[word] = _logaddexp(finished.get(word), beam.logprob + end)
-        beams = _extend(beams, logprobs, table, required, beam_width)
-        ranked = sorted((v for w, v in finished.items() if len(w) >= min_chars), reverse=True)
-        if len(ranked) >= n and (not beams or beams[0].logprob <= ranked[n - 1]):
-            break
-    return sorted((WordScore(w, s) for w, s in finished.items()), key=lambda w: -w.logprob)
+        for group in groups.values():
+            for beam in group.beams:
+                row = rows[tuple(beam.tokens)]
+                beam.slots = beam.slots + [slots[row]]
+                word = _decode(beam.text[gap_bytes:]) if len(beam.text) >= len(group.required) else None
+                if word and WORD_RE.fullmatch(word):
+                    group.finished[word] = _logaddexp(group.finished.get(word), beam.logprob + log_p_end[row])
+            if group.beams:
+                picked = logprobs[[rows[tuple(b.tokens)] for b in group.beams]]
+                group.beams = _extend(group.beams, picked, table, group.required, beam_width)
+                if group.settled(n):
+                    group.beams = []
+    return {typed: sorted((WordScore(w, v) for w, v in g.finished.items()), key=lambda w: -w.logprob)
+            for typed, g in groups.items()}
+
+
+@dataclass
+class _Group:
+    """The search for one typed prefix."""
+    required: bytes  # lowercase gap + prefix that every beam must spell first
+    min_chars: int
+    beams: list[Beam] = field(default_factory=list)
+    finished: dict[str, float] = field(default_factory=dict)
+
+    def settled(self, n: int) -> bool:
+        """No live beam can beat the n-th best finished word: extending only lowers a score."""
+        ranked = sorted((v for w, v in self.finished.items() if len(w) >= self.min_chars), reverse=True)
+        return len(ranked) >= n and (not self.beams or self.beams[0].logprob <= ranked[n - 1])
 
 
 def _extend(beams: list[Beam], logprobs: Tensor, table: TokenTable, required: bytes, width: int) -> list[Beam]:
