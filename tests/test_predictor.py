@@ -139,3 +139,25 @@ def test_cancellation_stops_the_work(p):
     with pytest.raises(Cancelled):
         p.predict(STORY * 20, session="c", cancelled=lambda: True)
     assert p.predict(STORY, session="c")  # the session is still usable afterwards
+
+
+def test_searching_several_prefixes_at_once_equals_searching_each(default_model_path):
+    """The speculative search for several possible next letters runs their beams in shared
+    forward calls; each prefix must get exactly what its own search would give."""
+    from nextword.model.loading import load_model
+    from nextword.predict.session import Session
+    from nextword.predict.word_search import TokenTable, search_words
+
+    loaded = load_model(default_model_path, device="cpu", dtype="float32")
+    table = TokenTable(loaded.tokenizer.token_bytes, loaded.tokenizer.special_ids)
+    context = [loaded.tokenizer.document_start_id] + loaded.tokenizer.encode(STORY.rstrip())
+    session = Session(loaded.model)
+    logits = session.sync(context)
+    prefixes = ["", "I", "wh", "Th"]
+    together = search_words(session, logits, table, " ", prefixes, n=3)
+    for typed in prefixes:
+        alone = search_words(session, logits, table, " ", [typed], n=3)[typed]
+        assert [w.word for w in together[typed][:3]] == [w.word for w in alone[:3]], typed
+        for a, b in zip(together[typed][:3], alone[:3]):
+            assert abs(a.logprob - b.logprob) < 1e-3
+        assert all(w.word.lower().startswith(typed.lower()) for w in alone)
