@@ -1,8 +1,8 @@
 """The public API: text before the cursor in, ranked next words out.
 
     >>> p = Predictor.load()
-    >>> p.predict("The capital of France is")
-    [Suggestion(word='Paris', probability=0.41), ...]
+    >>> p.predict("The capital of France is ")
+    [Suggestion(word='Paris', probability=0.82), ...]
 
 Per request:
 1. Split the text into context, the spaces before the word ("gap") and the partial word typed.
@@ -11,6 +11,7 @@ Per request:
 3. At a word start, search for the best words and remember the ranked list; while the person types
    inside that word, filter the list by the typed prefix and search again only when fewer than
    n candidates are left.
+Between requests, `speculate` prepares the likeliest next ones in the same memo.
 """
 
 from __future__ import annotations
@@ -109,27 +110,29 @@ class Predictor:
                 letters[letter] = letters.get(letter, 0.0) + probability
         likely = sorted(letters, key=letters.get, reverse=True)[:SPECULATED_LETTERS]
         if likely:
-            stripped, gap = split_gap(context)
-            with self._lock:
-                s = self._session(session)
-                logits = s.sync(self._window_ids(s, stripped), cancelled)
-                lists = s.word_lists().setdefault(gap, {})
-                todo = [typed + c for c in likely if _from_lists(lists, typed + c, n) is None]
-                if todo:
-                    self._search(s, logits, gap, todo, n, cancelled)
+            self._words_at(text_before_cursor, n, session, cancelled, also=[typed + c for c in likely])
         if words:
             self.predict(context + words[0][0] + " ", n, session, cancelled)
 
-    def _words_at(self, text_before_cursor: str, n: int, session: str,
-                  cancelled: Callable[[], bool] | None) -> tuple[str, str, list[tuple[str, float]]]:
+    def _words_at(self, text_before_cursor: str, n: int, session: str, cancelled: Callable[[], bool] | None,
+                  also: list[str] | None = None) -> tuple[str, str, list[tuple[str, float]]]:
         """(context before the partial word, the partial word, candidate words with casing
-        applied and their probabilities, best first)."""
+        applied and their probabilities, best first). Candidates come from a remembered list
+        while it still has n words starting with what was typed, else from a new search
+        constrained by the typed prefix; the prefixes in `also` are searched in the same go."""
         context, typed = split_partial_word(_clean(text_before_cursor))
         stripped, gap = split_gap(context)
         with self._lock:
             s = self._session(session)
             logits = s.sync(self._window_ids(s, stripped), cancelled)
-            words = self._ranked_words(s, logits, gap, typed, n, cancelled)
+            lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
+            todo = [p for p in dict.fromkeys([typed, *(also or [])]) if _from_lists(lists, p, n) is None]
+            if todo:
+                for prefix, found in search_words(s, logits, self.table, gap, todo, n, self.beam_width,
+                                                  cancelled).items():
+                    lists[prefix] = WordList(prefix, found)
+            found = _from_lists(lists, typed, n)
+            words = found if found is not None else lists[typed].words  # the new search had fewer than n
         sentence_start = is_sentence_start(stripped)
         return context, typed, [(apply_casing(w.word, typed, sentence_start), math.exp(w.logprob)) for w in words]
 
@@ -185,22 +188,6 @@ class Predictor:
                 return i
         space = context.find(" ", earliest)
         return space + 1 if space >= 0 else earliest
-
-    def _ranked_words(self, s: Session, logits: torch.Tensor, gap: str, typed: str, n: int,
-                      cancelled: Callable[[], bool] | None) -> list[WordScore]:
-        """Candidates for this word: from a remembered list when it still has n words starting
-        with what was typed, else from a new search constrained by the typed prefix."""
-        found = _from_lists(s.word_lists().setdefault(gap, {}), typed, n)
-        return found if found is not None else self._search(s, logits, gap, [typed], n, cancelled)[typed]
-
-    def _search(self, s: Session, logits: torch.Tensor, gap: str, prefixes: list[str], n: int,
-                cancelled: Callable[[], bool] | None) -> dict[str, list[WordScore]]:
-        """Search words for each typed prefix and remember the lists in the session."""
-        results = search_words(s, logits, self.table, gap, prefixes, n, self.beam_width, cancelled)
-        lists = s.word_lists().setdefault(gap, {})
-        for typed, words in results.items():
-            lists[typed] = WordList(typed, words)
-        return results
 
 
 def _from_lists(lists: dict[str, WordList], typed: str, n: int) -> list[WordScore] | None:
