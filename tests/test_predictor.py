@@ -52,6 +52,11 @@ def test_partial_word_matches_case_insensitively_and_keeps_proper_nouns(p):
     assert "Paris" in words(p.predict("The capital of France is pa", n=5))
 
 
+def test_letters_typed_as_capitals_stay_as_typed(p):
+    s = p.predict("We landed in PAR")
+    assert s and all(x.word.startswith("PAR") for x in s)
+
+
 def test_sentence_start_is_capitalised(p):
     for x in p.predict("I was tired. "):
         assert x.word[0].isupper(), x

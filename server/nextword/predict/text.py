@@ -40,9 +40,12 @@ def is_sentence_start(context: str) -> bool:
 
 
 def apply_casing(word: str, typed: str, sentence_start: bool) -> str:
-    """Capitalise at a sentence start or where the person typed a capital; otherwise keep the
-    model's casing (proper nouns stay capitalised)."""
-    if word and (sentence_start or typed[:1].isupper()):
+    """The word as it should be inserted. Letters the person typed with a capital are kept as
+    typed ("NASa" stays "NASa..."); an all-lowercase prefix takes the model's casing (proper nouns
+    stay capitalised: "par" -> "Paris"); a sentence start is capitalised."""
+    if typed != typed.lower():
+        word = typed + word[len(typed):]
+    if word and sentence_start:
         return word[0].upper() + word[1:]
     return word
 
