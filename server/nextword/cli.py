@@ -83,12 +83,15 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    "steadier when other programs keep the cores busy)")
 
 
-def _load(args: argparse.Namespace):
-    import torch
-
-    from nextword.predict.predictor import Predictor
+def _set_threads(args: argparse.Namespace) -> None:
     if args.threads:
+        import torch
         torch.set_num_threads(args.threads)
+
+
+def _load(args: argparse.Namespace):
+    from nextword.predict.predictor import Predictor
+    _set_threads(args)
     return Predictor.load(args.model, args.device, args.dtype, max_context_tokens=args.max_context_tokens)
 
 
@@ -142,12 +145,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    import torch
-
     from nextword.lsp.server import server
     from nextword.lsp.settings import Settings
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     logging.basicConfig(filename=args.log_file, level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":  # pygls logs every message body at INFO

@@ -30,7 +30,7 @@ MAX_WORD_TOKENS = 8
 
 @dataclass
 class Beam:
-    tokens: list[int]
+    tokens: tuple[int, ...]  # tokens after the context
     logprob: float
     text: bytes  # bytes generated so far (gap + word)
     slots: list[int] = field(default_factory=list)  # scratch slots of tokens already run
@@ -109,11 +109,11 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                  n: int, beam_width: int = 8,
                  cancelled: Callable[[], bool] | None = None) -> dict[str, list[WordScore]]:
     """The most likely next words after the context whose logits are `first_logits`, best first,
-    for each typed prefix in `prefixes` (b"" at a word start) at once.
+    for each typed prefix in `prefixes` ("" at a word start) at once.
 
-    gap: spaces that precede the word; prefixes: what may have been typed of it. Each prefix has its own beams and stops on its own, but
-    all beams advance in the same forward calls, so preparing the lists for several possible next
-    letters costs little more than one. Words are returned as the model spells them (case may
+    gap: spaces that precede the word; prefixes: what may have been typed of it. Each prefix has
+    its own beams and stops on its own, but all beams advance in the same forward calls, so
+    preparing the lists for several possible next letters costs little more than one. Words are returned as the model spells them (case may
     differ from the prefix), without the gap. A prefix's search runs until its n best words of at
     least len(prefix) + 2 characters (shorter ones save no keystroke) are settled; shorter words
     found on the way are returned too.
@@ -122,33 +122,32 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
     groups = {typed: _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2) for typed in dict.fromkeys(prefixes)}
     gap_bytes = len(gap.encode())
     for group in groups.values():
-        group.beams = _extend([Beam([], 0.0, b"")], root, table, group.required, beam_width)
+        group.beams = _extend([Beam((), 0.0, b"")], root, table, group.required, beam_width)
     session.reset_scratch()
     for _ in range(MAX_WORD_TOKENS):
-        live = [(g, b) for g in groups.values() for b in g.beams]
-        if not live:
-            break
-        check(cancelled)
-        # Beams of different prefixes can hold the same tokens (" The" for b"" and b"T"): run each path once.
+        # Beams of different prefixes can hold the same tokens (" The" for "" and "T"): run each path once.
         rows: dict[tuple[int, ...], int] = {}
         firsts = []
-        for _, beam in live:
-            if tuple(beam.tokens) not in rows:
-                rows[tuple(beam.tokens)] = len(rows)
+        for beam in (b for g in groups.values() for b in g.beams):
+            if beam.tokens not in rows:
+                rows[beam.tokens] = len(rows)
                 firsts.append(beam)
+        if not firsts:
+            break
+        check(cancelled)
         logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
                                           [b.slots for b in firsts])
         logprobs = torch.log_softmax(logits, -1)
         log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
         for group in groups.values():
             for beam in group.beams:
-                row = rows[tuple(beam.tokens)]
+                row = rows[beam.tokens]
                 beam.slots = beam.slots + [slots[row]]
                 word = _decode(beam.text[gap_bytes:]) if len(beam.text) >= len(group.required) else None
                 if word and WORD_RE.fullmatch(word):
                     group.finished[word] = _logaddexp(group.finished.get(word), beam.logprob + log_p_end[row])
             if group.beams:
-                picked = logprobs[[rows[tuple(b.tokens)] for b in group.beams]]
+                picked = logprobs[[rows[b.tokens] for b in group.beams]]
                 group.beams = _extend(group.beams, picked, table, group.required, beam_width)
                 if group.settled(n):
                     group.beams = []
@@ -183,7 +182,7 @@ def _extend(beams: list[Beam], logprobs: Tensor, table: TokenTable, required: by
         if score == -math.inf:
             break
         beam, token = beams[index // vocab], index % vocab
-        out.append(Beam(beam.tokens + [token], score, beam.text + table.token_bytes[token], beam.slots))
+        out.append(Beam(beam.tokens + (token,), score, beam.text + table.token_bytes[token], beam.slots))
     return out
 
 
