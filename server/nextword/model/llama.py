@@ -96,6 +96,17 @@ class Attention(nn.Module):
             attn_mask=mask, enable_gqa=True)
         return self.wo(y.squeeze(0).transpose(0, 1).reshape(T, q_dim))
 
+    def forward_causal(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Cache-less causal attention over a batch x: [B, T, dim] (training)."""
+        B, T, _ = x.shape
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        qkv = self.wqkv(x)
+        qk = apply_rotary(qkv[..., : q_dim + kv_dim].view(B, T, -1, self.head_dim).transpose(1, 2), cos, sin)
+        q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
+        v = qkv[..., q_dim + kv_dim:].view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, q_dim))
+
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -120,6 +131,10 @@ class Block(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache_k: Tensor, cache_v: Tensor,
                 slots: Tensor, span: int, mask: Tensor | None) -> Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, cache_k, cache_v, slots, span, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def forward_causal(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.attention.forward_causal(self.attention_norm(x), cos, sin)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -162,6 +177,17 @@ class Transformer(nn.Module):
             x = x[-1:]
         return self.head(self.norm(x)).float()
 
+    def forward_train(self, tokens: Tensor) -> Tensor:
+        """Plain causal forward over a batch of sequences, without a KV cache and with autograd
+        (for fine-tuning). tokens: [B, T] int64, each row starting at position 0.
+        Returns logits [B, T, vocab] in fp32."""
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        cos, sin = self._rotary(positions)
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block.forward_causal(x, cos, sin)
+        return self.head(self.norm(x)).float()
+
     def _rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         needed = int(positions.max()) + 1
         if self._rotary_cos.shape[0] < needed or self._rotary_cos.device != positions.device:
@@ -191,4 +217,26 @@ def fused_state_dict(tensors: dict[str, Tensor], config: ModelConfig) -> dict[st
             [t.pop(p + "mlp.gate_proj.weight"), t.pop(p + "mlp.up_proj.weight")], dim=0)
         out[q + "mlp.w_down.weight"] = t.pop(p + "mlp.down_proj.weight")
     t.pop("model.embed_tokens.weight", None)
+    return out
+
+
+def unfused_state_dict(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """The inverse of `fused_state_dict`: this module's tensors under Hugging Face Llama names
+    (the layout weights_file.py writes). Splits are views; nothing is copied."""
+    c = config
+    q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    out = {"model.embed_tokens.weight": state["embed.weight"], "model.norm.weight": state["norm.weight"]}
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = state["head.weight"]
+    for i in range(c.n_layers):
+        p, q = f"model.layers.{i}.", f"blocks.{i}."
+        out[p + "input_layernorm.weight"] = state[q + "attention_norm.weight"]
+        out[p + "post_attention_layernorm.weight"] = state[q + "mlp_norm.weight"]
+        wq, wk, wv = state[q + "attention.wqkv.weight"].split([q_dim, kv_dim, kv_dim], dim=0)
+        out.update({p + "self_attn.q_proj.weight": wq, p + "self_attn.k_proj.weight": wk,
+                    p + "self_attn.v_proj.weight": wv})
+        out[p + "self_attn.o_proj.weight"] = state[q + "attention.wo.weight"]
+        gate, up = state[q + "mlp.w_gate_up.weight"].split(c.ffn_dim, dim=0)
+        out.update({p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up})
+        out[p + "mlp.down_proj.weight"] = state[q + "mlp.w_down.weight"]
     return out
