@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     p.add_argument("--no-speculate", action="store_true",
                    help="don't use the pause after each keystroke to prepare the next word")
+    p.add_argument("--start", type=int, default=0, help="evaluate from this character of each text (default 0)")
+    p.add_argument("--chars", type=int, help="evaluate only this many characters of each text (default: all)")
+    p.add_argument("--cache-model", default="document", choices=["off", "document", "workspace"],
+                   help="which words the cache model counts (default document; see README)")
     _model_options(p)
     p.set_defaults(func=_eval)
 
@@ -109,9 +113,11 @@ def _predict(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from nextword.eval.ksr import simulate
     predictor = _load(args)
+    predictor.cache_model = args.cache_model
     results = {}
     for path in args.text:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")[args.start:]
+        text = text[:args.chars] if args.chars is not None else text
         session = str(path)
 
         def predict(before: str, n: int) -> list[str]:
@@ -126,7 +132,7 @@ def _eval(args: argparse.Namespace) -> int:
         results[str(path)] = {**result.summary(), "seconds": time.perf_counter() - started}
         predictor.close_session(session)
     report = {"model": str(predictor.loaded.path), "device": str(predictor.loaded.device),
-              "speculate": not args.no_speculate,
+              "speculate": not args.no_speculate, "cache_model": args.cache_model,
               "dtype": str(predictor.loaded.dtype).removeprefix("torch."), "n": args.n, "texts": results}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
