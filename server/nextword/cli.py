@@ -1,4 +1,4 @@
-"""`nextword serve | predict | demo | weights | eval | bench | finetune`."""
+"""`nextword serve | predict | explain | demo | weights | eval | bench | finetune`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     _model_options(p)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("explain", help="the likeliest next words and the context words the model attended to")
+    p.add_argument("text", help="the text; the words that follow it are predicted and explained")
+    p.add_argument("--png", type=Path, help="also write a heatmap of the attention over the context")
+    p.add_argument("--layers", type=int, nargs="+", metavar="L",
+                   help="layers to average, 0-based, negative from the end (default: the last quarter)")
+    p.add_argument("--head", type=int, help="one attention head (default: the mean of all heads)")
+    p.add_argument("--n", type=int, default=5, help="number of suggestions and of attended words (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _model_options(p)
+    p.set_defaults(func=_explain)
 
     p = sub.add_parser("serve", help="run the language server (on stdio unless --tcp or --ws)")
     transport = p.add_mutually_exclusive_group()
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from nextword.weights.commands import add_weights_parser
     add_weights_parser(sub)
+    from nextword.train.commands import add_finetune_parser
+    add_finetune_parser(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model file (default: $NEXTWORD_MODEL or the built SmolLM2-135M)")
+    p.add_argument("--adapter", type=Path, help="a LoRA adapter from `nextword finetune --adapter-only`, "
+                   "merged into the model while loading")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: the fastest exact-enough)")
     p.add_argument("--max-context-tokens", type=int, default=1024, help="context window in tokens (default 1024)")
@@ -96,7 +111,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     from nextword.predict.predictor import Predictor
     _set_threads(args)
-    return Predictor.load(args.model, args.device, args.dtype, max_context_tokens=args.max_context_tokens)
+    return Predictor.load(args.model, args.device, args.dtype, args.adapter, max_context_tokens=args.max_context_tokens)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -108,6 +123,44 @@ def _predict(args: argparse.Namespace) -> int:
         for s in suggestions:
             print(f"{s.word}\t{s.probability:.3f}")
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from nextword.predict.explain import explain, save_heatmap
+    predictor = _load(args)
+    e = explain(predictor, as_finished(args.text), args.n, args.layers, args.head, top_words=args.n)
+    if args.png:
+        try:
+            save_heatmap(e, args.png)
+        except ImportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps({"words": [{"word": s.word, "probability": s.probability} for s in e.suggestions],
+                          "layers": e.layers, "head": e.head,
+                          "attended": [{"word": w.word, "offset": w.start, "share": w.weight} for w in e.attended]}))
+        return 0
+    for s in e.suggestions:
+        print(f"{s.word}\t{s.probability:.3f}")
+    heads = "mean of all heads" if e.head is None else f"head {e.head}"
+    layers = f"layer{'s' if len(e.layers) > 1 else ''} {_ranges(e.layers)}"
+    print(f"\nattended most ({layers}, {heads}; the document-start token left out):")
+    for w in e.attended:
+        print(f"{w.word}\t{w.weight:.3f}")
+    if args.png:
+        print(f"\nheatmap: {args.png}")
+    return 0
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[22, 23, 24, 29] -> "22-24, 29"."""
+    runs: list[list[int]] = []
+    for x in numbers:
+        if runs and x == runs[-1][-1] + 1:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -159,6 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":  # pygls logs every message body at INFO
         logging.getLogger("pygls").setLevel(logging.WARNING)
     server.settings = Settings(model_path=str(args.model) if args.model else None, device=args.device,
+                               adapter_path=str(args.adapter) if args.adapter else None,
                                dtype=args.dtype, max_context_tokens=args.max_context_tokens)
     if args.tcp or args.ws:
         host, _, port = (args.tcp or args.ws).rpartition(":")
