@@ -75,9 +75,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/bench-lsp.json"), help="JSON report (default %(default)s)")
     p.add_argument("--model", type=Path, help="model file for the server (default: its default)")
     p.set_defaults(func=_bench_lsp)
+    p = bench.add_parser("compare", help="nextword against the naive and llama.cpp peer servers, same client and texts")
+    p.add_argument("--text", type=Path, nargs="+", required=True, help="UTF-8 text file(s), as for `bench lsp`")
+    p.add_argument("--servers", default="nextword,naive,llamacpp",
+                   help="comma-separated servers to run (default %(default)s)")
+    p.add_argument("--chars", type=int, default=600, help="characters typed per text (default 600)")
+    p.add_argument("--naive-chars", type=int, default=40, help="characters typed per text for the naive "
+                   "server, which recomputes the whole context per request (seconds each; default 40)")
+    p.add_argument("--n", type=int, default=3, help="suggestions per request (default 3)")
+    p.add_argument("--device", default="cpu", help="passed to the servers: cpu or cuda (default cpu; the "
+                   "llama.cpp peer is a CPU build)")
+    p.add_argument("--model", type=Path, help="model file for nextword and the naive server (default: theirs)")
+    p.add_argument("--out", type=Path, default=Path("results/bench.json"), help="JSON report (default %(default)s)")
+    p.add_argument("--plot", type=Path, default=Path("results/bench.png"),
+                   help="latency CDF, PNG (default %(default)s; needs the `plot` extra)")
+    p.add_argument("--no-model-bench", action="store_true", help="skip the bandwidth and decode-step measurement")
+    p.set_defaults(func=_bench_compare)
+    p = bench.add_parser("model", help="memory read bandwidth and the model's decode step against its floor")
+    p.add_argument("--context-tokens", type=int, default=1500, help="cached context length (default 1500)")
+    p.add_argument("--repeats", type=int, default=15, help="timed repetitions per step (default 15)")
+    p.add_argument("--text", type=Path, help="text for the context (default: built-in prose, repeated)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _model_options(p)
+    p.set_defaults(func=_bench_model)
 
     from nextword.weights.commands import add_weights_parser
     add_weights_parser(sub)
+    from nextword.train.commands import add_finetune_parser
+    add_finetune_parser(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -91,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model file (default: $NEXTWORD_MODEL or the built SmolLM2-135M)")
+    p.add_argument("--adapter", type=Path, help="a LoRA adapter from `nextword finetune --adapter-only`, "
+                   "merged into the model while loading")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: the fastest exact-enough)")
     p.add_argument("--max-context-tokens", type=int, default=1024, help="context window in tokens (default 1024)")
@@ -107,7 +134,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     from nextword.predict.predictor import Predictor
     _set_threads(args)
-    return Predictor.load(args.model, args.device, args.dtype, max_context_tokens=args.max_context_tokens)
+    return Predictor.load(args.model, args.device, args.dtype, args.adapter, max_context_tokens=args.max_context_tokens)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -208,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":  # pygls logs every message body at INFO
         logging.getLogger("pygls").setLevel(logging.WARNING)
     server.settings = Settings(model_path=str(args.model) if args.model else None, device=args.device,
+                               adapter_path=str(args.adapter) if args.adapter else None,
                                dtype=args.dtype, max_context_tokens=args.max_context_tokens)
     if args.tcp or args.ws:
         host, _, port = (args.tcp or args.ws).rpartition(":")
@@ -227,6 +255,55 @@ def _bench_lsp(args: argparse.Namespace) -> int:
         print_report(reports[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reports, indent=2))
+    return 0
+
+
+def _model_bench_report(model: Path | None, device: str, dtype: str | None, context_tokens: int, repeats: int,
+                        text: str | None) -> dict:
+    from nextword.eval.bench_compare import llamacpp_missing
+    from nextword.eval.bench_model import decode_step, llamacpp_decode_step, memory_bandwidth_gbs
+    from nextword.weights.paths import default_model_path
+    bandwidth = memory_bandwidth_gbs(device if device != "auto" else "cpu")
+    report = decode_step(model or default_model_path(), device, dtype, context_tokens, repeats=repeats, text=text,
+                         bandwidth_gbs=bandwidth)
+    if llamacpp_missing() is None:
+        from nextword.eval.peers.llamacpp import default_gguf
+        cpu_bandwidth = bandwidth if report["device"] == "cpu" else memory_bandwidth_gbs("cpu")
+        report["llamacpp"] = llamacpp_decode_step(default_gguf(), context_tokens, repeats, text, cpu_bandwidth)
+    return report
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from nextword.eval.bench_model import print_model_report
+    _set_threads(args)
+    text = args.text.read_text(encoding="utf-8") if args.text else None
+    report = _model_bench_report(args.model, args.device, args.dtype, args.context_tokens, args.repeats, text)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_model_report(report)
+    return 0
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from nextword.eval.bench_compare import SERVERS, markdown_table, plot_cdf, run_compare, write_report
+    from nextword.eval.bench_model import print_model_report
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if unknown := [s for s in servers if s not in SERVERS]:
+        raise ValueError(f"unknown server(s) {', '.join(unknown)} (expected some of {', '.join(SERVERS)})")
+    report = run_compare(args.text, servers, args.chars, args.naive_chars, args.n, args.device, args.model)
+    if not args.no_model_bench:
+        context = args.text[0].read_text(encoding="utf-8")
+        report["model"] = _model_bench_report(args.model, args.device, None, 1500, 15, context)
+        print_model_report(report["model"])
+    write_report(report, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    if args.plot:
+        plot_cdf(report, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    print(f"\nMachine: {report['machine']['cpu']} ({report['machine']['cores']} cores), device {args.device}; "
+          "milliseconds unless MB, ratios are peer / nextword.\n")
+    print(markdown_table(report))
     return 0
 
 

@@ -117,7 +117,9 @@ def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: 
     inside = [ms for ms, inside_word in zip(latencies, in_word) if inside_word]
     return {"pace_ms": pace and pace * 1000, "requests": len(latencies), "empty_answers": empty,
             "word_start_ms": _percentiles(starts), "in_word_ms": _percentiles(inside),
-            "ksr": _ksr(typed, shown)}
+            "ksr": _ksr(typed, shown),
+            # every latency, for pooling texts and plotting CDFs (`nextword bench compare`)
+            "samples_ms": {"word_start": [round(ms, 2) for ms in starts], "in_word": [round(ms, 2) for ms in inside]}}
 
 
 def _can_suggest(before: str) -> bool:
