@@ -50,7 +50,7 @@ class Engine:
         self.loading = True
         try:
             predictor = await asyncio.wrap_future(self._executor.submit(
-                Predictor.load, settings.model_path, settings.device, settings.dtype,
+                Predictor.load, settings.model_path, settings.device, settings.dtype, settings.adapter_path,
                 max_context_tokens=settings.max_context_tokens, max_sessions=settings.max_sessions))
             self.predictor, self.error = predictor, None
             self._cuts.clear()

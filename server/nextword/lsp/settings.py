@@ -17,6 +17,7 @@ MAX_SUGGESTIONS = 10
 @dataclass(frozen=True)
 class Settings:
     model_path: str | None = None  # None: $NEXTWORD_MODEL or the built default model
+    adapter_path: str | None = None  # a LoRA adapter (`nextword finetune --adapter-only`) merged in at load
     device: str = "auto"
     dtype: str | None = None  # None: the fastest exact-enough dtype for the device
     max_suggestions: int = 3
@@ -27,7 +28,7 @@ class Settings:
 
     def model_key(self) -> tuple:
         """What the loaded model depends on; a change means loading again."""
-        return self.model_path, self.device, self.dtype
+        return self.model_path, self.adapter_path, self.device, self.dtype
 
     def wants(self, language_id: str) -> bool:
         return "*" in self.languages or language_id in self.languages
@@ -87,11 +88,13 @@ def _bool(value: Any) -> bool:
     return value
 
 
-_FIELDS = {"modelPath": "model_path", "device": "device", "dtype": "dtype", "maxSuggestions": "max_suggestions",
+_FIELDS = {"modelPath": "model_path", "adapterPath": "adapter_path",
+           "device": "device", "dtype": "dtype", "maxSuggestions": "max_suggestions",
            "languages": "languages", "maxContextTokens": "max_context_tokens", "maxSessions": "max_sessions",
            "inline": "inline"}
 _PARSERS = {
     "model_path": _optional_str,
+    "adapter_path": _optional_str,
     "device": _choice("auto", "cpu", "cuda"),
     "dtype": lambda v: None if v in (None, "", "auto") else _choice("float32", "bfloat16", "float16")(v),
     "max_suggestions": _int_in(1, MAX_SUGGESTIONS),

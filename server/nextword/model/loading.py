@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from nextword.model.adapter import merge_adapter, read_adapter_file
 from nextword.model.config import ModelConfig
 from nextword.model.llama import Transformer, fused_state_dict
 from nextword.model.weights_file import WeightsError, read_model_file
@@ -24,6 +25,7 @@ class LoadedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    adapter: Path | None = None  # a LoRA adapter merged into the weights at load time
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -50,9 +52,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
-def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None) -> LoadedModel:
-    """Read, validate and place a model. Raises WeightsError for unusable files."""
+def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None,
+               adapter: str | Path | None = None) -> LoadedModel:
+    """Read, validate and place a model; `adapter` names a LoRA adapter file (model/adapter.py) to
+    merge into it. Raises WeightsError for unusable files or an adapter made for another model."""
     file = read_model_file(path)
+    lora = read_adapter_file(adapter) if adapter else None
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     try:
@@ -62,10 +67,12 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     with torch.device("meta"):
         model = Transformer(file.config)
     state = fused_state_dict(file.tensors, file.config)
+    if lora is not None:  # merged at the file's precision, before any dtype change
+        merge_adapter(state, file.config, lora, adapter)
     for name, tensor in state.items():
         state[name] = tensor.to(dtype=dt)  # one at a time: a dtype change never holds two copies
     model.load_state_dict(state, assign=True, strict=True)
     if file.config.tie_embeddings:
         model.head.weight = model.embed.weight
     model = model.to(dev).eval().requires_grad_(False)
-    return LoadedModel(model, tokenizer, file.config, file.path, dev, dt)
+    return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None)

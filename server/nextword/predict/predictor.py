@@ -70,10 +70,11 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
-             **options) -> Predictor:
-        """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`).
+             adapter: str | Path | None = None, **options) -> Predictor:
+        """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`),
+        with a LoRA adapter file from `nextword finetune --adapter-only` merged in if given.
         dtype None picks bf16 where the hardware has it, else fp32."""
-        return cls(load_model(path or default_model_path(), device, dtype), **options)
+        return cls(load_model(path or default_model_path(), device, dtype, adapter), **options)
 
     @property
     def tokens_computed(self) -> int:

@@ -1,0 +1,1 @@
+"""Transfer learning: LoRA fine-tuning on a person's own writing (`nextword finetune`)."""
