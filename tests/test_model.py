@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nextword.model.loading import load_model
+from nextword.model.packed_linear import can_pack, pack_linear_layers
 from nextword.model.weights_file import read_model_file
 from nextword.predict.session import Session
 
@@ -100,6 +101,21 @@ def test_tree_step_equals_running_each_beam_alone(ours):
         alone = full_forward(ours, context + beams[i][: depth + 1])[-1]
         assert (logits - alone).abs().max().item() < MAX_LOGIT_DIFF
     assert session.ids == context  # scratch work leaves the context untouched
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_linear_layers_give_the_same_logits(default_model_path, dtype):
+    """Weights packed for oneDNN (the default on CPU) compute what the plain layers compute."""
+    plain = load_model(default_model_path, device="cpu", dtype=dtype)
+    packed = load_model(default_model_path, device="cpu", dtype=dtype)
+    if not can_pack(packed.device, packed.dtype):
+        pytest.skip(f"oneDNN cannot run {dtype} here")
+    assert pack_linear_layers(packed.model) == 4 * plain.config.n_layers + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.model.modules())
+    ids = plain.tokenizer.encode(PROSE)
+    expected, got = full_forward(plain, ids), full_forward(packed, ids)
+    assert (got - expected).abs().max().item() < (MAX_LOGIT_DIFF if dtype == "float32" else 0.25)
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.97
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16])

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from nextword.model.loading import LoadedModel, load_model
+from nextword.model.packed_linear import can_pack, pack_linear_layers
 from nextword.predict.session import Cancelled, Session
 from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
                                    split_gap, split_partial_word)
@@ -70,11 +71,14 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
-             adapter: str | Path | None = None, **options) -> Predictor:
-        """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`),
-        with a LoRA adapter file from `nextword finetune --adapter-only` merged in if given.
-        dtype None picks bf16 where the hardware has it, else fp32."""
-        return cls(load_model(path or default_model_path(), device, dtype, adapter), **options)
+             packed: bool = True, **options) -> Predictor:
+        """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`).
+        dtype None picks bf16 where the hardware has it, else fp32. `packed` stores the linear
+        layers' weights in oneDNN's layout on CPU (model/packed_linear.py: same results, faster)."""
+        loaded = load_model(path or default_model_path(), device, dtype)
+        if packed and can_pack(loaded.device, loaded.dtype):
+            pack_linear_layers(loaded.model)
+        return cls(loaded, **options)
 
     @property
     def tokens_computed(self) -> int:
