@@ -71,11 +71,12 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
-             packed: bool = True, **options) -> Predictor:
-        """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`).
+             adapter: str | Path | None = None, packed: bool = True, **options) -> Predictor:
+        """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`),
+        with a LoRA adapter file from `nextword finetune --adapter-only` merged in if given.
         dtype None picks bf16 where the hardware has it, else fp32. `packed` stores the linear
         layers' weights in oneDNN's layout on CPU (model/packed_linear.py: same results, faster)."""
-        loaded = load_model(path or default_model_path(), device, dtype)
+        loaded = load_model(path or default_model_path(), device, dtype, adapter)
         if packed and can_pack(loaded.device, loaded.dtype):
             pack_linear_layers(loaded.model)
         return cls(loaded, **options)
