@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from nextword.weights.commands import add_weights_parser
     add_weights_parser(sub)
+    from nextword.train.commands import add_finetune_parser
+    add_finetune_parser(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model file (default: $NEXTWORD_MODEL or the built SmolLM2-135M)")
+    p.add_argument("--adapter", type=Path, help="a LoRA adapter from `nextword finetune --adapter-only`, "
+                   "merged into the model while loading")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: the fastest exact-enough)")
     p.add_argument("--max-context-tokens", type=int, default=1024, help="context window in tokens (default 1024)")
@@ -130,7 +134,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     from nextword.predict.predictor import Predictor
     _set_threads(args)
-    return Predictor.load(args.model, args.device, args.dtype, max_context_tokens=args.max_context_tokens)
+    return Predictor.load(args.model, args.device, args.dtype, args.adapter, max_context_tokens=args.max_context_tokens)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -231,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.log_level != "DEBUG":  # pygls logs every message body at INFO
         logging.getLogger("pygls").setLevel(logging.WARNING)
     server.settings = Settings(model_path=str(args.model) if args.model else None, device=args.device,
+                               adapter_path=str(args.adapter) if args.adapter else None,
                                dtype=args.dtype, max_context_tokens=args.max_context_tokens)
     if args.tcp or args.ws:
         host, _, port = (args.tcp or args.ws).rpartition(":")
