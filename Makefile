@@ -12,7 +12,7 @@ EXT_VERSION := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' $(EXT)/package.js
 VSIX := $(EXT)/nextword-$(EXT_VERSION).vsix
 EXT_NODE_MODULES := $(EXT)/node_modules/.package-lock.json
 
-.PHONY: setup weights run test eval clean vsix e2e-setup
+.PHONY: setup weights run test eval bench setup-bench clean vsix e2e-setup
 
 setup: $(INSTALLED)
 
@@ -34,6 +34,16 @@ test: setup weights e2e-setup
 
 eval: setup weights
 	$(PY) -m nextword eval --text $(wildcard $(CORPUS)/*.txt) --out results/eval.json
+
+# nextword against the naive (transformers) and llama.cpp peer servers on the corpus texts, plus the
+# machine's memory bandwidth and the decode step (see README, "Measured"). scripts/setup-bench.sh
+# builds llama-cpp-python once into ~/.cache/nextword/wheels. BENCH_ARGS adds options, e.g. --device cuda.
+setup-bench: setup
+	bash scripts/setup-bench.sh
+
+bench: setup weights setup-bench
+	$(PY) -m nextword bench compare --text $(wildcard $(CORPUS)/*.txt) --out results/bench.json \
+		--plot results/bench.png $(BENCH_ARGS)
 
 # The VS Code extension, packaged offline with @vscode/vsce (pinned by vscode-client/package-lock.json).
 vsix: $(VSIX)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the llama.cpp peer of `nextword bench compare` (llama-cpp-python, pinned) into .venv.
+# Installs the llama.cpp peer of `nextword bench compare` (llama-cpp-python, pinned by the `bench`
+# extra in pyproject.toml) into .venv.
 # llama-cpp-python ships no wheel on PyPI, so pip compiles llama.cpp from source (5-15 min on 2
 # cores). The wheel is built ONCE into a cache ($NEXTWORD_WHEELS, default ~/.cache/nextword/wheels)
 # and installed from there, so a fresh clone or a recreated venv installs it in seconds.
@@ -8,7 +9,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="$ROOT/.venv/bin/python"
-VERSION=0.3.16
+VERSION="$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' "$ROOT/pyproject.toml")"  # the `bench` extra
 WHEELS="${NEXTWORD_WHEELS:-$HOME/.cache/nextword/wheels}"
 
 log() { printf '[setup-bench] %s\n' "$*" >&2; }
