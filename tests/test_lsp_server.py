@@ -71,10 +71,10 @@ def expected_words(predictor, text: str, n: int = 3) -> list[str]:
     return words
 
 
-def items(words: list[str], probabilities: list[str], replace: types.Range) -> list[types.CompletionItem]:
+def items(words: list[str], probabilities: list[str], replace: types.Range, data: list) -> list[types.CompletionItem]:
     return [types.CompletionItem(label=w, kind=types.CompletionItemKind.Text, detail=p, sort_text=f"{i:02d}",
-                                 filter_text=w, text_edit=types.TextEdit(range=replace, new_text=w))
-            for i, (w, p) in enumerate(zip(words, probabilities))]
+                                 filter_text=w, text_edit=types.TextEdit(range=replace, new_text=w), data=d)
+            for i, (w, p, d) in enumerate(zip(words, probabilities, data))]
 
 
 def sha(text: str) -> str:
@@ -85,7 +85,7 @@ async def test_capabilities_and_load_progress(client: LanguageClient):
     caps = client.initialize_result.capabilities
     assert caps.position_encoding == types.PositionEncodingKind.Utf16
     assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
-    assert caps.completion_provider == types.CompletionOptions(trigger_characters=(" ",), resolve_provider=False)
+    assert caps.completion_provider == types.CompletionOptions(trigger_characters=(" ",), resolve_provider=True)
     assert caps.inline_completion_provider == types.InlineCompletionOptions()
     (reports,) = client.progress_reports.values()
     assert [r.kind for r in reports] == ["begin", "end"]
@@ -99,8 +99,12 @@ async def test_word_start_completion(client: LanguageClient, predictor):
     words = expected_words(predictor, text)
     assert words[0] == "Paris"
     assert result.is_incomplete is True
-    assert list(result.items) == items(words, [i.detail for i in result.items], span((0, 25), (0, 25)))
+    assert list(result.items) == items(words, [i.detail for i in result.items], span((0, 25), (0, 25)),
+                                       [i.data for i in result.items])
     assert all(i.detail.endswith("%") for i in result.items)
+    # What completionItem/resolve needs to explain an item (see test_explain.py).
+    assert all(i.data == {"uri": "file:///word-start.md", "version": 1, "offset": 25, "probability": i.data["probability"]}
+               and f"{i.data['probability']:.1%}" == i.detail for i in result.items)
 
 
 async def test_mid_word_completion_replaces_the_typed_part(client: LanguageClient, predictor):
@@ -108,7 +112,8 @@ async def test_mid_word_completion_replaces_the_typed_part(client: LanguageClien
     open_doc(client, "file:///mid-word.md", text)
     result = await complete(client, "file:///mid-word.md", 2, 27)
     words = expected_words(predictor, text)
-    assert list(result.items) == items(words, [i.detail for i in result.items], span((2, 25), (2, 27)))
+    assert list(result.items) == items(words, [i.detail for i in result.items], span((2, 25), (2, 27)),
+                                       [i.data for i in result.items])
     edit = result.items[0].text_edit  # accepting it gives "Paris", never "PaParis"
     assert text[:-2] + edit.new_text == "# Travel\n\nThe capital of France is Paris"
 

@@ -55,10 +55,29 @@ def cursor_at(text: str, offset: int) -> Cursor | None:
     return Cursor(typed, start)
 
 
-def completion_items(suggestions: list[Suggestion], replace: types.Range) -> list[types.CompletionItem]:
-    """Items in rank order; each replaces the typed part of the word with the whole word."""
+def completion_items(suggestions: list[Suggestion], replace: types.Range,
+                     origin: dict | None = None) -> list[types.CompletionItem]:
+    """Items in rank order; each replaces the typed part of the word with the whole word. Each
+    item's `data` is `origin` (the document, its version and the cursor offset) and the word's
+    probability: what completionItem/resolve needs to explain the item later."""
     return [types.CompletionItem(label=s.word, kind=types.CompletionItemKind.Text, detail=f"{s.probability:.1%}",
                                  sort_text=f"{rank:02d}", filter_text=s.word,
-                                 text_edit=types.TextEdit(range=replace, new_text=s.word))
+                                 text_edit=types.TextEdit(range=replace, new_text=s.word),
+                                 data=None if origin is None else {**origin, "probability": s.probability})
             for rank, s in enumerate(suggestions)]
+
+
+def explained_item(item: types.CompletionItem, probability: float, attended: list[tuple[str, float]],
+                   markdown: bool) -> types.CompletionItem:
+    """The item with documentation: how likely the word is, and the context words the model
+    attended to most for it (word, share of attention)."""
+    strong, emphasis = ("**", "*") if markdown else ("", "")
+    lines = [f"{strong}{item.label}{strong}: {probability:.1%} likely"]
+    if attended:
+        lines.append("Attended to most: " + ", ".join(f"{emphasis}{word}{emphasis} {share:.0%}" for word, share in attended))
+    if markdown:
+        item.documentation = types.MarkupContent(kind=types.MarkupKind.Markdown, value="\n\n".join(lines))
+    else:
+        item.documentation = "\n".join(lines)
+    return item
 

@@ -21,10 +21,11 @@ from pygls.lsp.server import LanguageServer
 
 from nextword import __version__
 from nextword.model.weights_file import WeightsError
+from nextword.predict.explain import context_attention
 from nextword.predict.predictor import Predictor
 from nextword.predict.session import Cancelled
 
-from .completion import CONFIDENT, MAX_INLINE_WORDS, completion_items, cursor_at
+from .completion import CONFIDENT, MAX_INLINE_WORDS, completion_items, cursor_at, explained_item
 from .documents import Document
 from .engine import CancelCheck, Engine, speculate, suggest
 from .protocol import NextwordProtocol, read_stream, stdin_reader
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 WARM_DELAY = 0.05  # seconds after an edit before background work starts (see did_change)
 CONFIGURATION_TIMEOUT = 5.0  # seconds to wait for workspace/configuration before going on without it
+ATTENDED_WORDS = 3  # context words named in a completion item's documentation
 HOW_TO_BUILD = ("Build the default model with `nextword weights build` (or `make weights`), "
                 "or set nextword.modelPath to a model file.")
 
@@ -180,10 +182,14 @@ class NextwordServer(LanguageServer):
 
 
 def _supports(capabilities: types.ClientCapabilities, *path: str) -> bool:
+    return bool(_capability(capabilities, *path))
+
+
+def _capability(capabilities: types.ClientCapabilities, *path: str) -> object:
     value: object = capabilities
     for name in path:
         value = getattr(value, name, None)
-    return bool(value)
+    return value
 
 
 server = NextwordServer()
@@ -246,7 +252,7 @@ def shutdown(ls: NextwordServer, params: None) -> None:
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION,
-                types.CompletionOptions(trigger_characters=[" "], resolve_provider=False))
+                types.CompletionOptions(trigger_characters=[" "], resolve_provider=True))
 async def completion(ls: NextwordServer, params: types.CompletionParams) -> types.CompletionList:
     doc = ls.document(params.text_document.uri)
     offset = ls.offset(doc, params.position)
@@ -263,7 +269,40 @@ async def completion(ls: NextwordServer, params: types.CompletionParams) -> type
     except Cancelled:  # superseded by a newer request or edit for this document
         return types.CompletionList(is_incomplete=True, items=[])
     ls.warm(doc, offset)  # idle time until the next keystroke: prepare the next word
-    return types.CompletionList(is_incomplete=True, items=completion_items(words, replace))
+    origin = {"uri": doc.uri, "version": doc.version, "offset": offset}
+    return types.CompletionList(is_incomplete=True, items=completion_items(words, replace, origin))
+
+
+@server.feature(types.COMPLETION_ITEM_RESOLVE)
+async def completion_item_resolve(ls: NextwordServer, item: types.CompletionItem) -> types.CompletionItem:
+    """Documentation for an item the editor is about to show in detail: the word's probability
+    and the context words the model attended to most for it. Computed only now, so typing never
+    waits for it. An item from an older version of the document comes back unchanged."""
+    data = item.data if isinstance(item.data, dict) else {}
+    uri, version, offset, probability = (data.get(key) for key in ("uri", "version", "offset", "probability"))
+    doc = ls.protocol.documents.get(uri) if isinstance(uri, str) else None
+    if (doc is None or doc.version != version or not isinstance(offset, int) or not 0 <= offset <= len(doc.text)
+            or not isinstance(probability, (int, float)) or not ls.engine.ready):
+        return item
+    context = ls.engine.context(doc.uri, doc.text, offset)
+    try:
+        attended = await ls.engine.run(doc.uri, "explain", _attended_words(context, doc.uri))
+    except Cancelled:
+        return item
+    formats = _capability(ls.client_capabilities, "text_document", "completion", "completion_item",
+                          "documentation_format") or []
+    return explained_item(item, probability, attended, markdown=types.MarkupKind.Markdown in formats)
+
+
+def _attended_words(context: str, session: str):
+    """The context words the model attended to most for the word at the end of `context`."""
+    def work(predictor: Predictor, cancelled: CancelCheck) -> list[tuple[str, float]]:
+        try:
+            attention = context_attention(predictor, context, session, cancelled)
+        except ValueError:  # no text before the cursor: nothing was attended to
+            return []
+        return [(w.word, w.weight) for w in attention.attended_words(ATTENDED_WORDS)]
+    return work
 
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())

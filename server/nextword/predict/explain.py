@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import math
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +108,13 @@ def check_head(head: int | None, n_heads: int) -> None:
         raise ValueError(f"head {head} is out of range: the model has {n_heads} heads (0-{n_heads - 1})")
 
 
-def context_attention(predictor: Predictor, text_before_cursor: str, session: str = "default") -> ContextAttention:
+def context_attention(predictor: Predictor, text_before_cursor: str, session: str = "default",
+                      cancelled: Callable[[], bool] | None = None) -> ContextAttention:
     """The attention of the prediction at the end of `text_before_cursor` over its context. Reuses
-    the session's cache (what `predict` left there), so a warm session costs one decode token."""
+    the session's cache (what `predict` left there), so a warm session costs one decode token.
+    Raises ValueError when there is no text before the cursor, Cancelled as `Predictor.prefill`."""
     with predictor._lock:  # the predictor's sessions are not thread-safe
-        predictor.prefill(text_before_cursor, session)
+        predictor.prefill(text_before_cursor, session, cancelled)
         s = predictor._session(session)
         ids = s.ids[:]
         weights = probe_attention(predictor.model, s.cache, ids).weights
