@@ -52,8 +52,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # Normalise in fp32 like the reference implementation, then return to the input dtype.
-        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+        # One fused operator; for bf16 input it accumulates in fp32 and applies the weight before
+        # rounding, which is at least as exact as the reference's fp32-normalise-then-bf16-scale.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rotary_tables(config: ModelConfig, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -169,8 +170,10 @@ class Transformer(nn.Module):
         span = int(slots.max()) + 1
         if mask is None and tokens.shape[0] > 1:
             mask = torch.arange(span, device=tokens.device)[None, :] <= positions[:, None]
-        cos, sin = self._rotary(positions)
         x = self.embed(tokens)
+        if mask is not None:  # as an additive bias once, rather than converted by every layer's attention
+            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        cos, sin = self._rotary(positions)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
         if last_only:

@@ -96,10 +96,12 @@ class Session:
         slots = list(range(first, first + len(tokens)))
         self._scratch_used += len(tokens)
         span = first + len(tokens)
-        mask = torch.zeros(len(tokens), span, dtype=torch.bool)
-        mask[:, :n_ctx] = True
+        # Everyone sees the context; in the scratch part, each beam sees its ancestors and itself.
+        scratch = [[False] * (span - n_ctx) for _ in tokens]
         for row, (own, earlier) in enumerate(zip(slots, ancestors)):
-            mask[row, earlier + [own]] = True
+            for slot in earlier + [own]:
+                scratch[row][slot - n_ctx] = True
+        mask = torch.cat([torch.ones(len(tokens), n_ctx, dtype=torch.bool), torch.tensor(scratch, dtype=torch.bool)], 1)
         device = self._device
         logits = self.model(torch.tensor(tokens, device=device),
                             torch.tensor([n_ctx + d for d in depths], device=device),
