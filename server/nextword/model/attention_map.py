@@ -64,9 +64,8 @@ def _attention(attn: Attention, x: Tensor, cos: Tensor, sin: Tensor, past_k: Ten
     keys = torch.cat([past_k, k], dim=1).float()  # [kv_heads, context, head_dim]
     values = torch.cat([past_v, v], dim=1).float()
     # Grouped-query attention: query head h reads key/value head h // group (as SDPA's enable_gqa).
-    group = attn.n_heads // attn.n_kv_heads
-    keys, values = keys.repeat_interleave(group, dim=0), values.repeat_interleave(group, dim=0)
-    scores = q.float() @ keys.transpose(1, 2) / math.sqrt(attn.head_dim)  # [heads, 1, context]
-    weights = F.softmax(scores, dim=-1)
-    y = (weights @ values).to(x.dtype)  # [heads, 1, head_dim]
-    return attn.wo(y.transpose(0, 1).reshape(1, q_dim)), weights[:, 0]
+    # Viewing the queries as [kv_heads, group, head_dim] pairs them up without copying the keys.
+    q = q.float().view(attn.n_kv_heads, -1, attn.head_dim)
+    weights = F.softmax(q @ keys.transpose(1, 2) / math.sqrt(attn.head_dim), dim=-1)  # [kv_heads, group, context]
+    y = (weights @ values).to(x.dtype)  # [kv_heads, group, head_dim]
+    return attn.wo(y.reshape(1, q_dim)), weights.reshape(attn.n_heads, -1)
