@@ -286,9 +286,11 @@ async def completion_item_resolve(ls: NextwordServer, item: types.CompletionItem
         return item
     context = ls.engine.context(doc.uri, doc.text, offset)
     try:
-        attended = await ls.engine.run(doc.uri, "explain", _attended_words(context, doc.uri))
+        # As background work: any newer request for the document (the next keystroke's) supersedes it.
+        attended = await ls.engine.run(doc.uri, "background", _attended_words(context, doc.uri))
     except Cancelled:
         return item
+    ls.warm(doc, offset)  # it superseded the speculation after the completion: go on with that
     formats = _capability(ls.client_capabilities, "text_document", "completion", "completion_item",
                           "documentation_format") or []
     return explained_item(item, probability, attended, markdown=types.MarkupKind.Markdown in formats)
