@@ -137,7 +137,8 @@ async def client(lsp_client: LanguageClient):
     capabilities = types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
         completion=types.CompletionClientCapabilities(completion_item=types.ClientCompletionItemOptions(
             documentation_format=[types.MarkupKind.Markdown, types.MarkupKind.PlainText]))))
-    lsp_client.initialize_result = await lsp_client.initialize_session(types.InitializeParams(capabilities=capabilities))
+    params = types.InitializeParams(capabilities=capabilities)
+    lsp_client.initialize_result = await lsp_client.initialize_session(params)
     yield
     await lsp_client.shutdown_session()
 
@@ -176,4 +177,5 @@ async def test_resolve_documents_probability_and_attended_words(client: Language
     assert await client.completion_item_resolve_async(item) == item
     foreign = types.CompletionItem(label="Paris", data={"uri": uri, "offset": "x"})
     assert await client.completion_item_resolve_async(foreign) == foreign
-    assert await client.completion_item_resolve_async(types.CompletionItem(label="x")) == types.CompletionItem(label="x")
+    bare = types.CompletionItem(label="x")
+    assert await client.completion_item_resolve_async(bare) == bare

@@ -74,7 +74,8 @@ def explained_item(item: types.CompletionItem, probability: float, attended: lis
     strong, emphasis = ("**", "*") if markdown else ("", "")
     lines = [f"{strong}{item.label}{strong}: {probability:.1%} likely"]
     if attended:
-        lines.append("Attended to most: " + ", ".join(f"{emphasis}{word}{emphasis} {share:.0%}" for word, share in attended))
+        words = ", ".join(f"{emphasis}{word}{emphasis} {share:.0%}" for word, share in attended)
+        lines.append(f"Attended to most: {words}")
     if markdown:
         item.documentation = types.MarkupContent(kind=types.MarkupKind.Markdown, value="\n\n".join(lines))
     else:
