@@ -51,7 +51,8 @@ class Engine:
         try:
             predictor = await asyncio.wrap_future(self._executor.submit(
                 Predictor.load, settings.model_path, settings.device, settings.dtype, settings.adapter_path,
-                max_context_tokens=settings.max_context_tokens, max_sessions=settings.max_sessions))
+                max_context_tokens=settings.max_context_tokens, max_sessions=settings.max_sessions,
+                cache_model=settings.cache_model))
             self.predictor, self.error = predictor, None
             self._cuts.clear()
             return predictor
@@ -63,6 +64,7 @@ class Engine:
         if self.predictor is not None:
             self.predictor.max_context_tokens = settings.max_context_tokens
             self.predictor.max_sessions = settings.max_sessions
+            self.predictor.cache_model = settings.cache_model
 
     async def run(self, document: str, kind: str, work: Callable[[Predictor, CancelCheck], T]) -> T:
         """Run `work(predictor, cancelled)` on the worker thread as the newest `kind` request for

@@ -25,6 +25,7 @@ class Settings:
     max_context_tokens: int = 1024
     max_sessions: int = 8  # documents whose KV cache stays warm (least recently used are dropped)
     inline: bool = True
+    cache_model: str = "document"  # whose words the cache model counts: off, document or workspace
 
     def model_key(self) -> tuple:
         """What the loaded model depends on; a change means loading again."""
@@ -91,7 +92,7 @@ def _bool(value: Any) -> bool:
 _FIELDS = {"modelPath": "model_path", "adapterPath": "adapter_path",
            "device": "device", "dtype": "dtype", "maxSuggestions": "max_suggestions",
            "languages": "languages", "maxContextTokens": "max_context_tokens", "maxSessions": "max_sessions",
-           "inline": "inline"}
+           "inline": "inline", "cacheModel": "cache_model"}
 _PARSERS = {
     "model_path": _optional_str,
     "adapter_path": _optional_str,
@@ -102,4 +103,5 @@ _PARSERS = {
     "max_context_tokens": _int_in(64, 8192),
     "max_sessions": _int_in(1, 64),
     "inline": _bool,
+    "cache_model": _choice("off", "document", "workspace"),
 }

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from nextword.model.loading import LoadedModel, load_model
-from nextword.model.packed_linear import can_pack, pack_linear_layers
+from nextword.predict.cache_model import CACHE_MODES, DocumentCache, cache_candidates
+from nextword.predict.ranking import Ranking, choose_shown
 from nextword.predict.session import Cancelled, Session
 from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
                                    split_gap, split_partial_word)
@@ -37,6 +38,7 @@ __all__ = ["Cancelled", "Predictor", "Suggestion"]
 
 CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
 SPECULATED_LETTERS = 4  # next letters whose lists are prepared between keystrokes
+CACHED_DOCUMENTS = 64  # documents whose words the cache model keeps (least recently used are dropped)
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,19 @@ class WordList:
 
 class Predictor:
     def __init__(self, loaded: LoadedModel, max_context_tokens: int = 1024, max_sessions: int = 8,
-                 beam_width: int = 8):
+                 beam_width: int = 8, cache_model: str = "document", ranking: Ranking = Ranking()):
+        """cache_model: whose words the cache model counts: "off", "document" (the one being
+        typed in) or "workspace" (every document this predictor has seen a request for).
+        ranking: how the shown words are picked from the candidates."""
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.max_context_tokens = max_context_tokens
         self.max_sessions = max_sessions
         self.beam_width = beam_width
+        self.cache_model = cache_model
+        self.ranking = ranking
+        self._caches: OrderedDict[str, DocumentCache] = OrderedDict()  # by session
         self.table = TokenTable(self.tokenizer.token_bytes, self.tokenizer.special_ids)
         self.start_id = self.tokenizer.document_start_id
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -76,10 +84,7 @@ class Predictor:
         with a LoRA adapter file from `nextword finetune --adapter-only` merged in if given.
         dtype None picks bf16 where the hardware has it, else fp32. `packed` stores the linear
         layers' weights in oneDNN's layout on CPU (model/packed_linear.py: same results, faster)."""
-        loaded = load_model(path or default_model_path(), device, dtype, adapter)
-        if packed and can_pack(loaded.device, loaded.dtype):
-            pack_linear_layers(loaded.model)
-        return cls(loaded, **options)
+        return cls(load_model(path or default_model_path(), device, dtype, adapter, packed), **options)
 
     @property
     def tokens_computed(self) -> int:
@@ -91,12 +96,33 @@ class Predictor:
         """The n most likely words at the cursor, best first (see `Suggestion` for what `word` is).
         Raises Cancelled when `cancelled()` turns true between model steps."""
         context, typed, words = self._words_at(text_before_cursor, n, session, cancelled)
-        suggestions: dict[str, float] = {}
-        for word, probability in words:
-            if len(word) >= len(typed) + 2:  # shorter words save no keystroke
-                suggestions[word] = suggestions.get(word, 0.0) + probability
-        ranked = sorted(suggestions.items(), key=lambda kv: -kv[1])[:n]
-        return [Suggestion(word, prob) for word, prob in ranked]
+        cached = self._cache_candidates(context, typed, session)
+        return [Suggestion(word, prob) for word, prob in choose_shown(words, typed, n, self.ranking, cached)]
+
+    @property
+    def cache_model(self) -> str:
+        return self._cache_model
+
+    @cache_model.setter
+    def cache_model(self, mode: str) -> None:
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache_model must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+        self._cache_model = mode
+
+    def _cache_candidates(self, context: str, typed: str, session: str) -> dict[str, float] | None:
+        """The cache model's words for this cursor, after counting the session's text so far."""
+        if self.cache_model == "off":
+            return None
+        with self._lock:
+            cache = self._caches.get(session)
+            if cache is None:
+                cache = self._caches[session] = DocumentCache()
+                while len(self._caches) > CACHED_DOCUMENTS:
+                    self._caches.popitem(last=False)
+            self._caches.move_to_end(session)
+            cache.update(context + typed)
+            caches = list(self._caches.values()) if self.cache_model == "workspace" else [cache]
+            return cache_candidates(caches, context, typed)
 
     def speculate(self, text_before_cursor: str, n: int = 3, session: str = "default",
                   cancelled: Callable[[], bool] | None = None) -> None:
@@ -153,6 +179,7 @@ class Predictor:
     def close_session(self, session: str) -> None:
         with self._lock:
             s = self._sessions.pop(session, None)
+            self._caches.pop(session, None)
             if s is not None:
                 self._closed_tokens += s.tokens_computed
 

@@ -1,0 +1,100 @@
+"""Instant adaptation: the words a person has already written, as a second opinion on the ranking.
+
+A cache model counts the words of the current document (and, in "workspace" mode, of the other
+open documents) and which word followed which. For the word at the cursor it gives, among the
+counted words that start with what was typed, a probability from the counts after the previous
+word (bigram) backed off to plain word counts (unigram).
+
+Why it helps a transformer that already copies names from its context: the context window holds
+the last ~1k tokens, the cache the whole document; and a name the model spells with rare tokens
+can fall out of the word search's small beam, while the cache finds it by its letters.
+How it is blended without hurting is `nextword.predict.ranking`'s job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from nextword.predict.text import WORD_RE, apply_casing, is_sentence_start
+
+CACHE_MODES = ("off", "document", "workspace")
+BIGRAM_WEIGHT = 0.6  # share of the bigram estimate where the previous word was seen before
+
+
+class DocumentCache:
+    """Word and word-pair counts of one document's text, updated as the person types."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._text = ""  # the text counted so far, up to the end of its last complete word
+        self.words: Counter[str] = Counter()  # lowercase word -> count
+        self.forms: dict[str, str] = {}  # lowercase word -> its latest spelling
+        self.pairs: defaultdict[str, Counter[str]] = defaultdict(Counter)  # previous -> next (lowercase)
+        self._last = ""  # the last counted word, lowercase ("" at a line start)
+
+    def update(self, text: str) -> None:
+        """Count the complete words of `text` (the document before the cursor). Typing at the end
+        only counts the new words; any other edit counts the text again."""
+        if not text.startswith(self._text):
+            self._reset()
+        start = len(self._text)
+        end = start
+        for match in WORD_RE.finditer(text, start):
+            if match.end() == len(text):  # the word at the cursor may still grow
+                break
+            word = match.group()
+            lower = word.lower()
+            self.words[lower] += 1
+            self.forms[lower] = word
+            gap = text[end:match.start()]
+            if self._last and "\n\n" not in gap:  # a paragraph break ends a run of words
+                self.pairs[self._last][lower] += 1
+            self._last = lower
+            end = match.end()
+        self._text = text[:end]
+
+
+def previous_word(context: str) -> str:
+    """The last complete word of the context, lowercase ("" when there is none)."""
+    words = WORD_RE.findall(context[-64:])
+    return words[-1].lower() if words else ""
+
+
+def cache_probabilities(caches: list[DocumentCache], previous: str, typed: str,
+                        min_chars: int) -> dict[str, float]:
+    """P(word | previous word, word starts with `typed`) from the counts of these documents, for
+    the counted words of at least `min_chars` characters; spelled as last written."""
+    typed_lower = typed.lower()
+    unigram: Counter[str] = Counter()
+    bigram: Counter[str] = Counter()
+    forms: dict[str, str] = {}
+    for cache in caches:
+        for lower, count in cache.words.items():
+            if len(lower) >= min_chars and lower.startswith(typed_lower):
+                unigram[lower] += count
+                forms.setdefault(lower, cache.forms[lower])
+    for cache in caches:
+        for lower, count in cache.pairs.get(previous, {}).items():
+            if lower in unigram:
+                bigram[lower] += count
+    total_unigram = sum(unigram.values())
+    if not total_unigram:
+        return {}
+    total_bigram = sum(bigram.values())
+    bigram_weight = BIGRAM_WEIGHT if total_bigram else 0.0
+    return {forms[w]: (1 - bigram_weight) * c / total_unigram
+            + (bigram_weight * bigram[w] / total_bigram if total_bigram else 0.0)
+            for w, c in unigram.items()}
+
+
+def cache_candidates(caches: list[DocumentCache], context: str, typed: str) -> dict[str, float]:
+    """The cache model's words for the cursor after `context` with `typed` typed of the word,
+    cased as the predictor cases the model's words, with P(word | previous word, typed)."""
+    sentence_start = is_sentence_start(context)
+    out: dict[str, float] = {}
+    for form, p in cache_probabilities(caches, previous_word(context), typed, len(typed) + 2).items():
+        word = apply_casing(form, typed, sentence_start)
+        out[word] = out.get(word, 0.0) + p
+    return out
