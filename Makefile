@@ -12,7 +12,7 @@ EXT_VERSION := $(shell sed -n 's/^  "version": "\(.*\)",/\1/p' $(EXT)/package.js
 VSIX := $(EXT)/nextword-$(EXT_VERSION).vsix
 EXT_NODE_MODULES := $(EXT)/node_modules/.package-lock.json
 
-.PHONY: setup weights run test eval bench setup-bench clean vsix e2e-setup
+.PHONY: setup weights run test eval setup-presage bench setup-bench clean vsix e2e-setup
 
 setup: $(INSTALLED)
 
@@ -29,11 +29,18 @@ $(WEIGHTS): | $(INSTALLED)
 run: setup weights
 	$(PY) -m nextword demo
 
-test: setup weights e2e-setup
+test: setup weights e2e-setup setup-presage
 	$(PY) -m pytest -q
 
-eval: setup weights
-	$(PY) -m nextword eval --text $(wildcard $(CORPUS)/*.txt) --out results/eval.json
+# nextword against Presage, VS Code-style word-based suggestions and a word-frequency baseline on the
+# corpus texts: results/eval.json, results/eval.png and a markdown table (see README, "Measured").
+# EVAL_ARGS adds options, e.g. --chars 3000 or --predictors presage,word-based,frequency.
+eval: setup weights setup-presage
+	$(PY) -m nextword eval --text $(wildcard $(CORPUS)/*.txt) --out results/eval.json $(EVAL_ARGS)
+
+# Presage (Debian packages), the n-gram peer of `make eval`, which the tests also drive.
+setup-presage:
+	bash scripts/setup-presage.sh
 
 # nextword against the naive (transformers) and llama.cpp peer servers on the corpus texts, plus the
 # machine's memory bandwidth and the decode step (see README, "Measured"). scripts/setup-bench.sh

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from nextword.model.weights_file import WeightsError
@@ -51,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     _model_options(p)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("eval", help="keystroke savings and word-start accuracy on a text")
+    p = sub.add_parser("eval", help="keystroke savings and word-start accuracy on texts, nextword against its peers")
     p.add_argument("--text", type=Path, nargs="+", required=True, help="UTF-8 text file(s)")
+    p.add_argument("--predictors", help="comma-separated, from nextword, presage, word-based, frequency "
+                   "(default: all that can run here)")
     p.add_argument("--n", type=int, default=3, help="suggestions shown per keystroke (default 3)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--out", type=Path, help="also write the JSON to this file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    p.add_argument("--out", type=Path, help="also write the JSON to this file, and a bar chart next to it (.png)")
     p.add_argument("--no-speculate", action="store_true",
                    help="don't use the pause after each keystroke to prepare the next word")
     p.add_argument("--start", type=int, default=0, help="evaluate from this character of each text (default 0)")
@@ -187,40 +188,24 @@ def _ranges(numbers: list[int]) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nextword.eval.ksr import simulate
-    predictor = _load(args)
-    predictor.cache_model = args.cache_model
-    results = {}
-    for path in args.text:
-        text = path.read_text(encoding="utf-8")[args.start:]
-        text = text[:args.chars] if args.chars is not None else text
-        session = str(path)
+    from nextword.eval.compare import compare, make_contenders, markdown_table, parse_predictors, read_texts, write_plot
 
-        def predict(before: str, n: int) -> list[str]:
-            return [s.word for s in predictor.predict(before, n, session=session)]
+    def load_nextword():
+        predictor = _load(args)
+        predictor.cache_model = args.cache_model
+        return predictor
 
-        print(f"{path}: {len(text)} characters", file=sys.stderr)
-        started = time.perf_counter()
-        def idle(before: str) -> None:
-            predictor.speculate(before, args.n, session=session)
-
-        result = simulate(predict, text, args.n, progress=True, idle=None if args.no_speculate else idle)
-        results[str(path)] = {**result.summary(), "seconds": time.perf_counter() - started}
-        predictor.close_session(session)
-    report = {"model": str(predictor.loaded.path), "device": str(predictor.loaded.device),
-              "speculate": not args.no_speculate, "cache_model": args.cache_model,
-              "dtype": str(predictor.loaded.dtype).removeprefix("torch."), "n": args.n, "texts": results}
+    texts = read_texts(args.text, args.start, args.chars)
+    contenders = make_contenders(parse_predictors(args.predictors), args.n, load_nextword,
+                                 speculate=not args.no_speculate)
+    report = {"start": args.start, "chars": args.chars, "cache_model": args.cache_model,
+              **compare(contenders, texts, args.n)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{'text':<28} {'KSR@' + str(args.n):>7} {'top-1':>6} {'top-' + str(args.n):>6} "
-              f"{'ms/key p50':>10} {'word-start p50':>14}")
-        for name, r in results.items():
-            print(f"{Path(name).name:<28} {r['ksr']:>7.3f} {r['word_start_top1']:>6.3f} {r['word_start_topn']:>6.3f} "
-                  f"{r['all_keystrokes_ms']['p50']:>10.1f} {r['word_start_ms']['p50']:>14.1f}")
+        write_plot(report, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else markdown_table(report))
     return 0
 
 
