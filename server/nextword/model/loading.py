@@ -10,6 +10,7 @@ import torch
 from nextword.model.adapter import merge_adapter, read_adapter_file
 from nextword.model.config import ModelConfig
 from nextword.model.llama import Transformer, fused_state_dict
+from nextword.model.packed_linear import can_pack, pack_linear_layers
 from nextword.model.weights_file import WeightsError, read_model_file
 from nextword.tokenizer import Tokenizer
 
@@ -53,9 +54,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype | None = None,
-               adapter: str | Path | None = None) -> LoadedModel:
+               adapter: str | Path | None = None, packed: bool = False) -> LoadedModel:
     """Read, validate and place a model; `adapter` names a LoRA adapter file (model/adapter.py) to
-    merge into it. Raises WeightsError for unusable files or an adapter made for another model."""
+    merge into it. `packed` stores the linear layers in oneDNN's layout where the CPU runs them
+    that way (model/packed_linear.py: inference only, same results, faster).
+    Raises WeightsError for unusable files or an adapter made for another model."""
     file = read_model_file(path)
     lora = read_adapter_file(adapter) if adapter else None
     dev = resolve_device(device)
@@ -72,7 +75,10 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     for name, tensor in state.items():
         state[name] = tensor.to(dtype=dt)  # one at a time: a dtype change never holds two copies
     model.load_state_dict(state, assign=True, strict=True)
+    del state
     if file.config.tie_embeddings:
         model.head.weight = model.embed.weight
     model = model.to(dev).eval().requires_grad_(False)
+    if packed and can_pack(dev, dt):
+        pack_linear_layers(model)  # one layer at a time, each plain copy freed as its packed one is made
     return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None)

@@ -90,10 +90,10 @@ def read_model_file(path: str | Path) -> ModelFile:
     if not path.is_file():
         raise WeightsError(f"{path}: not a file")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # validates the header and the file's length
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        tensors = _read_tensors(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file (truncated or another format?): {e}") from e
     if CONFIG_KEY not in metadata or TOKENIZER_KEY not in metadata:
         raise WeightsError(f"{path}: safetensors file without nextword metadata "
@@ -104,6 +104,35 @@ def read_model_file(path: str | Path) -> ModelFile:
         raise WeightsError(f"{path}: invalid model config in metadata: {e}") from e
     _check_tensors(path, config, tensors)
     return ModelFile(path, config, tensors, metadata[TOKENIZER_KEY], metadata)
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a (validated) safetensors file, each read into memory of its own.
+
+    safe_open's tensors are views of one memory map of the whole file: every page they touch
+    stays resident, and counts in the server's memory, until the last of them is freed. A model
+    that fuses or repacks its weights would then hold the file's pages and the new copies at
+    once. Plain reads make each tensor ordinary memory, freed as soon as it is replaced."""
+    tensors = {}
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        data_start = 8 + header_size
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            f.seek(data_start + begin)
+            if f.readinto(raw.numpy()) != end - begin:
+                raise ValueError(f"tensor {name} is cut short")
+            tensors[name] = raw.view(_DTYPES[entry["dtype"]]).view(entry["shape"])
+    return tensors
 
 
 def _check_tensors(path: Path, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
