@@ -148,17 +148,19 @@ def plot_cdf(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, mode, title in zip(axes, MODES, ("typed at 120 ms per keystroke", "back to back")):
-        for name, summary in report["servers"].items():
+        for color, (name, summary) in enumerate(report["servers"].items()):
             for kind, style in (("word_start", "-"), ("in_word", ":")):
                 xs = sorted(summary[mode][kind]["samples_ms"])
                 if xs:
                     ys = [(i + 1) / len(xs) for i in range(len(xs))]
-                    ax.step(xs, ys, style, where="post", label=f"{name} {kind.replace('_', '-')}")
+                    ax.step([xs[0]] + xs, [0.0] + ys, style, color=f"C{color}", where="post",
+                            label=f"{name} {kind.replace('_', '-')}")
         ax.set_xscale("log")
         ax.set_xlabel("completion latency (ms, log scale)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("fraction of requests")
+    axes[0].set_ylim(0, 1.02)
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"nextword vs peers, {report['machine']['cpu']}, device {report['device']}")
     fig.tight_layout()

@@ -81,6 +81,7 @@ def llamacpp_decode_step(gguf: str | Path, context_tokens: int = 1500, repeats: 
     """The same measurement for llama.cpp on the GGUF: one token appended to the cached context."""
     from llama_cpp import Llama
     llm = Llama(model_path=str(gguf), n_ctx=context_tokens + 16, n_batch=512, logits_all=False, verbose=False)
+    # (threads: llama-cpp-python's default, as the peer server uses)
     ids = llm.tokenize((text or _FILLER).encode(), add_bos=False)
     while len(ids) < context_tokens + 1:
         ids = ids + ids
@@ -92,17 +93,15 @@ def llamacpp_decode_step(gguf: str | Path, context_tokens: int = 1500, repeats: 
     times = _timed(step, repeats, torch.device("cpu"))
     if bandwidth_gbs is None:
         bandwidth_gbs = memory_bandwidth_gbs("cpu")
-    n_layers, kv_dim = llm._model.n_layer(), llm._model.n_embd() // llm._model.n_head() * _kv_heads(llm)
-    kv_bytes = 2 * n_layers * kv_dim * (context_tokens + 1) * 2  # f16 cache
+    meta = {k: int(v) for k, v in llm.metadata.items() if k.startswith("llama.") and v.isdigit()}
+    kv_dim = meta["llama.embedding_length"] // meta["llama.attention.head_count"] * meta.get(
+        "llama.attention.head_count_kv", meta["llama.attention.head_count"])
+    kv_bytes = 2 * meta["llama.block_count"] * kv_dim * (context_tokens + 1) * 2  # f16 cache
     floor_ms = (Path(gguf).stat().st_size + kv_bytes) / (bandwidth_gbs * 1e9) * 1000
     median = statistics.median(times)
     return {"gguf": Path(gguf).name, "threads": llm.n_threads, "context_tokens": context_tokens,
             "median_ms": round(median, 3), "best_ms": round(min(times), 3), "floor_ms": round(floor_ms, 3),
             "median_over_floor": round(median / floor_ms, 2)}
-
-
-def _kv_heads(llm) -> int:
-    return int(llm.metadata.get("llama.attention.head_count_kv", llm._model.n_head()))
 
 
 def print_model_report(report: dict) -> None:

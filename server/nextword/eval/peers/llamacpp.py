@@ -43,8 +43,10 @@ def default_gguf() -> Path:
 class LlamaCppBackend:
     def __init__(self, gguf: str | Path, max_context_tokens: int, threads: int | None = None):
         from llama_cpp import Llama
+        # Threads: llama-cpp-python's default (half the logical CPUs) unless given. Its threads
+        # spin at barriers, so more threads than free cores is very slow on a busy machine.
         self.llm = Llama(model_path=str(gguf), n_ctx=max_context_tokens + 1 + WORD_ROOM, n_batch=512,
-                         n_threads=threads or os.cpu_count(), logits_all=False, verbose=False)
+                         logits_all=False, verbose=False, **({"n_threads": threads} if threads else {}))
         self.vocab = Vocab([self._piece(i) for i in range(self.llm.n_vocab())])
         self.document_start = self.llm.tokenize(b"<|endoftext|>", add_bos=False, special=True)[0]
         self.description = f"llama.cpp (llama-cpp-python), {Path(gguf).name}, {self.llm.n_threads} threads"
@@ -63,10 +65,14 @@ class LlamaCppBackend:
         llm.n_tokens = keep  # eval() drops the cache beyond n_tokens, then appends
         llm.eval(ids[keep:])
         base = llm.n_tokens
-        beams = start_beams(self.vocab, np.array(llm.scores[base - 1]), need, n)
+        beams = start_beams(self.vocab, self._last_logits(), need, n)
         for beam in beams:
             while not beam.done:
                 llm.eval([beam.tokens[-1]])
-                beam.advance(self.vocab, llm.scores[llm.n_tokens - 1])
+                beam.advance(self.vocab, self._last_logits())
             llm.n_tokens = base  # rewind to the context for the next candidate
         return distinct_words(beams)
+
+    def _last_logits(self) -> np.ndarray:
+        """The last evaluated token's logits (without logits_all, eval() keeps no copy)."""
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()
