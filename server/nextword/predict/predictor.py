@@ -127,13 +127,12 @@ class Predictor:
     def speculate(self, text_before_cursor: str, n: int = 3, session: str = "default",
                   cancelled: Callable[[], bool] | None = None) -> None:
         """Use the time between keystrokes to prepare the likeliest next requests:
-        1. the person types one more letter: the lists for the likeliest next letters, all in
-           one search;
-        2. the person finishes the word as the best candidate (which may be exactly what was
-           typed) and types a space: the suggestions for the word after it.
-        In this order, because the second leaves the session's cache extended by that word,
-        ready for the request, while the first only uses scratch space after the context.
-        Cheap to repeat: what was done is in the session's memo."""
+        - the person types one more letter: the lists for the likeliest next letters, all in
+          one search;
+        - the person finishes the word as the best candidate (which may be exactly what was
+          typed) and types a space: the suggestions for the word after it.
+        The likelier of the two goes first, since a keystroke often interrupts the second. Cheap
+        to repeat: what was done is in the session's memo."""
         context, typed, words = self._words_at(text_before_cursor, n, session, cancelled)
         letters: dict[str, float] = {}
         for word, probability in words:
@@ -141,10 +140,19 @@ class Predictor:
                 letter = word[len(typed)].lower()
                 letters[letter] = letters.get(letter, 0.0) + probability
         likely = sorted(letters, key=letters.get, reverse=True)[:SPECULATED_LETTERS]
-        if likely:
-            self._words_at(text_before_cursor, n, session, cancelled, also=[typed + c for c in likely])
-        if words:
-            self.predict(context + words[0][0] + " ", n, session, cancelled)
+        finished = sum(p for word, p in words if word.lower() == typed.lower())  # typed may be the whole word
+
+        def next_letters() -> None:
+            if likely:
+                self._words_at(text_before_cursor, n, session, cancelled, also=[typed + c for c in likely])
+
+        def next_word() -> None:
+            if words:
+                self.predict(context + words[0][0] + " ", n, session, cancelled)
+
+        best_letter = letters[likely[0]] if likely else 0.0
+        for step in (next_word, next_letters) if finished >= best_letter else (next_letters, next_word):
+            step()
 
     def _words_at(self, text_before_cursor: str, n: int, session: str, cancelled: Callable[[], bool] | None,
                   also: list[str] | None = None) -> tuple[str, str, list[tuple[str, float]]]:
