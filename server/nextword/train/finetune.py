@@ -116,12 +116,12 @@ def _finetune(opts: FinetuneOptions, world: _Distributed, progress: ProgressFn |
     loaded = load_model(base, str(world.device), torch.float32)  # train in fp32
     data = read_training_data(opts.data, loaded.tokenizer, opts.val_fraction, opts.seed, opts.include,
                               opts.exclude, warn=lambda m: log(f"warning: {m}"))
-    # Validation rows may be shorter than training ones: a small held-out part still counts.
-    train, val = _sequences(data.train, opts.seq_len), _sequences(data.val, min(opts.seq_len, len(data.val) - 1))
-    if len(train) == 0 or len(data.val) <= MIN_VAL_TOKENS:
+    if len(data.train) <= opts.seq_len or len(data.val) <= MIN_VAL_TOKENS:
         raise DataError(f"too little text: {len(data.train)} training and {len(data.val)} validation tokens; "
                         f"need more than --seq-len ({opts.seq_len}) to train on and {MIN_VAL_TOKENS} to "
                         "validate on (lower --seq-len, raise --val-fraction or add text)")
+    # Validation rows may be shorter than training ones: a small held-out part still counts.
+    train, val = _sequences(data.train, opts.seq_len), _sequences(data.val, min(opts.seq_len, len(data.val) - 1))
     log(f"{len(data.files)} files: {len(data.train)} training tokens ({data.train_paragraphs} paragraphs), "
         f"{len(data.val)} validation tokens ({data.val_paragraphs} paragraphs)")
     base_sha256 = _sha256(base)
