@@ -213,12 +213,19 @@ class Predictor:
         budget = self.max_context_tokens - 1
         if s.window_start > len(context) or len(context) - s.window_start > budget * CHARS_PER_TOKEN * 2:
             s.window_start = self._window_start(context, len(context) - budget * CHARS_PER_TOKEN)
-        ids = self.tokenizer.encode(context[s.window_start:])
+        ids = self._encode(s, context[s.window_start:])
         while len(ids) > budget:
             keep_chars = int((len(context) - s.window_start) * (budget / 2) / len(ids))
             s.window_start = self._window_start(context, len(context) - keep_chars)
-            ids = self.tokenizer.encode(context[s.window_start:])
+            ids = self._encode(s, context[s.window_start:])
         return [self.start_id] + ids
+
+    def _encode(self, s: Session, text: str) -> list[int]:
+        """Token ids of `text`, remembered: every keystroke inside a word has the same context,
+        and tokenizing a full window costs about a millisecond."""
+        if s.encoded[0] != text:
+            s.encoded = (text, self.tokenizer.encode(text))
+        return s.encoded[1]
 
     @staticmethod
     def _window_start(context: str, earliest: int) -> int:

@@ -43,6 +43,7 @@ class Session:
         self.cache: KVCache | None = None  # allocated on first use, grown as needed
         self.ids: list[int] = []  # tokens whose keys/values are valid in cache slots [0, len(ids))
         self.window_start = 0  # character offset of the context window in the document
+        self.encoded: tuple[str, list[int]] = ("", [])  # the predictor's last tokenized window text
         self.tokens_computed = 0  # every token run through the model for this session
         # Results by context, so that going back to a context seen moments ago is free: after a
         # speculative look at the next word, the real request still finds its logits and lists.

@@ -175,13 +175,18 @@ def _extend(beams: list[Beam], logprobs: Tensor, table: TokenTable, required: by
     for row, beam in enumerate(beams):
         ids = table.allowed_ids(required[len(beam.text):])
         scores[row, ids] = logprobs[row, ids] + beam.logprob
-    top = torch.topk(scores.flatten(), min(width, scores.numel()))
-    vocab = logprobs.shape[1]
+    # Each row's best first, then the best of those: two small top-k's are about twice as fast
+    # as one over all beams x vocabulary.
+    per_row = torch.topk(scores, min(width, scores.shape[1]), dim=-1)
+    k = per_row.values.shape[1]
+    top = torch.topk(per_row.values.flatten(), min(width, per_row.values.numel()))
+    tokens = per_row.indices.tolist()
     out = []
     for score, index in zip(top.values.tolist(), top.indices.tolist()):
         if score == -math.inf:
             break
-        beam, token = beams[index // vocab], index % vocab
+        row, col = divmod(index, k)
+        beam, token = beams[row], tokens[row][col]
         out.append(Beam(beam.tokens + (token,), score, beam.text + table.token_bytes[token], beam.slots))
     return out
 
