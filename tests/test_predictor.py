@@ -3,6 +3,7 @@
 import pytest
 
 from nextword import Predictor, Suggestion
+from nextword.predict.predictor import QUICK_START_TOKENS
 from nextword.predict.session import Cancelled
 from nextword.predict.text import split_partial_word
 
@@ -138,6 +139,18 @@ def test_long_document_uses_a_window_before_the_cursor(p):
     before = p.tokens_computed
     p.predict(text + "Let ", session="long")
     assert p.tokens_computed - before <= 4 + 64
+
+
+def test_a_cold_document_first_answers_from_recent_text(p):
+    text = STORY * 12  # ~500 tokens, none of them in a cache yet
+    before = p.tokens_computed
+    assert p.predict(text, session="cold", quick_start=True)
+    assert p.tokens_computed - before <= QUICK_START_TOKENS + 8 * 8  # not the whole window
+    p.speculate(text, session="cold")  # the background work fills the whole window
+    before = p.tokens_computed
+    assert p.predict(text, session="cold", quick_start=True)
+    assert p.tokens_computed - before <= 8 * 8
+    assert len(p._sessions["cold"].ids) > QUICK_START_TOKENS and "cold" not in p._recent
 
 
 def test_cancellation_stops_the_work(p):

@@ -137,7 +137,8 @@ class Engine:
 
 
 def suggest(text: str, n: int, session: str) -> Callable[[Predictor, CancelCheck], list[Suggestion]]:
-    return lambda predictor, cancelled: predictor.predict(text, n, session=session, cancelled=cancelled)
+    return lambda predictor, cancelled: predictor.predict(text, n, session=session, cancelled=cancelled,
+                                                          quick_start=True)
 
 
 def speculate(text: str, n: int, session: str) -> Callable[[Predictor, CancelCheck], None]:

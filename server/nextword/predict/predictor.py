@@ -28,7 +28,7 @@ import torch
 from nextword.model.loading import LoadedModel, load_model
 from nextword.predict.cache_model import CACHE_MODES, DocumentCache, cache_candidates
 from nextword.predict.ranking import Ranking, choose_shown
-from nextword.predict.session import Cancelled, Session
+from nextword.predict.session import Cancelled, Session, common_prefix_length
 from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
                                    split_gap, split_partial_word)
 from nextword.predict.word_search import TokenTable, WordScore, search_words
@@ -38,6 +38,7 @@ __all__ = ["Cancelled", "Predictor", "Suggestion"]
 
 CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
 SPECULATED_LETTERS = 4  # next letters whose lists are prepared between keystrokes
+QUICK_START_TOKENS = 192  # recent text a cold document's first answers come from (see `predict`)
 CACHED_DOCUMENTS = 64  # documents whose words the cache model keeps (least recently used are dropped)
 
 
@@ -74,6 +75,7 @@ class Predictor:
         self.table = TokenTable(self.tokenizer.token_bytes, self.tokenizer.special_ids)
         self.start_id = self.tokenizer.document_start_id
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._recent: dict[str, Session] = {}  # by session: recent text only, while it fills (quick_start)
         self._closed_tokens = 0
         self._lock = threading.RLock()  # one model call at a time; sessions are not thread-safe
 
@@ -89,13 +91,16 @@ class Predictor:
     @property
     def tokens_computed(self) -> int:
         """Tokens run through the model so far, over all sessions (for testing cache reuse)."""
-        return self._closed_tokens + sum(s.tokens_computed for s in self._sessions.values())
+        return self._closed_tokens + sum(s.tokens_computed for s in [*self._sessions.values(), *self._recent.values()])
 
     def predict(self, text_before_cursor: str, n: int = 3, session: str = "default",
-                cancelled: Callable[[], bool] | None = None) -> list[Suggestion]:
+                cancelled: Callable[[], bool] | None = None, quick_start: bool = False) -> list[Suggestion]:
         """The n most likely words at the cursor, best first (see `Suggestion` for what `word` is).
-        Raises Cancelled when `cancelled()` turns true between model steps."""
-        context, typed, words = self._words_at(text_before_cursor, n, session, cancelled)
+        Raises Cancelled when `cancelled()` turns true between model steps.
+        quick_start: while more than QUICK_START_TOKENS of the window are not in the session's
+        cache yet (a document just opened), answer from that much recent text instead of waiting
+        for the whole window; for callers that fill the cache in the background (`speculate`)."""
+        context, typed, words = self._words_at(text_before_cursor, n, session, cancelled, quick_start=quick_start)
         cached = self._cache_candidates(context, typed, session)
         return [Suggestion(word, prob) for word, prob in choose_shown(words, typed, n, self.ranking, cached)]
 
@@ -148,14 +153,14 @@ class Predictor:
 
         def next_word() -> None:
             if words:
-                self.predict(context + words[0][0] + " ", n, session, cancelled)
+                self._words_at(context + words[0][0] + " ", n, session, cancelled)
 
         best_letter = letters[likely[0]] if likely else 0.0
         for step in (next_word, next_letters) if finished >= best_letter else (next_letters, next_word):
             step()
 
     def _words_at(self, text_before_cursor: str, n: int, session: str, cancelled: Callable[[], bool] | None,
-                  also: list[str] | None = None) -> tuple[str, str, list[tuple[str, float]]]:
+                  also: list[str] | None = None, quick_start: bool = False) -> tuple[str, str, list[tuple[str, float]]]:
         """(context before the partial word, the partial word, candidate words with casing
         applied and their probabilities, best first). Candidates come from a remembered list
         while it still has n words starting with what was typed, else from a new search
@@ -164,7 +169,13 @@ class Predictor:
         stripped, gap = split_gap(context)
         with self._lock:
             s = self._session(session)
-            logits = s.sync(self._window_ids(s, stripped), cancelled)
+            ids = self._window_ids(s, stripped)
+            if quick_start and len(ids) - common_prefix_length(s.ids, ids) > QUICK_START_TOKENS:
+                s = self._recent.setdefault(session, Session(self.model))
+                ids = [self.start_id] + ids[-QUICK_START_TOKENS:]
+            else:
+                self._drop_recent(session)
+            logits = s.sync(ids, cancelled)
             lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
             todo = [p for p in dict.fromkeys([typed, *(also or [])]) if _from_lists(lists, p, n) is None]
             if todo:
@@ -188,8 +199,14 @@ class Predictor:
         with self._lock:
             s = self._sessions.pop(session, None)
             self._caches.pop(session, None)
+            self._drop_recent(session)
             if s is not None:
                 self._closed_tokens += s.tokens_computed
+
+    def _drop_recent(self, session: str) -> None:
+        recent = self._recent.pop(session, None)
+        if recent is not None:
+            self._closed_tokens += recent.tokens_computed
 
     @property
     def sessions(self) -> list[str]:
@@ -200,7 +217,8 @@ class Predictor:
             self._sessions.move_to_end(key)
             return self._sessions[key]
         while len(self._sessions) >= max(1, self.max_sessions):
-            _, old = self._sessions.popitem(last=False)
+            old_key, old = self._sessions.popitem(last=False)
+            self._drop_recent(old_key)
             self._closed_tokens += old.tokens_computed
         s = self._sessions[key] = Session(self.model)
         return s
