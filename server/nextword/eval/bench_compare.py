@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -52,6 +53,7 @@ def run_compare(texts: list[Path], servers: list[str], chars: int, naive_chars: 
                 device: str = "cpu", model: Path | None = None) -> dict:
     runs: dict[str, list[dict]] = {}
     skipped: dict[str, str] = {}
+    failed: dict[str, list[str]] = {}
     for name in servers:
         if name == "llamacpp" and (why := llamacpp_missing()):
             skipped[name] = why
@@ -62,11 +64,18 @@ def run_compare(texts: list[Path], servers: list[str], chars: int, naive_chars: 
         for path in texts:
             print(f"{name}: {path.name}, typing {typed} characters", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            runs[name].append(run_bench(path, server_command(name, device, model, n), typed, n))
+            try:
+                runs[name].append(run_bench(path, server_command(name, device, model, n), typed, n))
+            except (ConnectionError, TimeoutError, OSError) as e:  # one broken server must not lose the others
+                failed.setdefault(name, []).append(f"{path.name}: {e}")
+                print(f"{name}: {path.name} failed: {e}", file=sys.stderr)
+                continue
             print(f"{name}: {path.name} done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        if not runs[name]:
+            del runs[name]
     report = {"machine": machine(), "device": device, "n": n, "texts": [str(p) for p in texts],
               "servers": {name: summarize(name_runs) for name, name_runs in runs.items()},
-              "skipped": skipped, "runs": runs}
+              "skipped": skipped, "failed": failed, "runs": runs}
     report["ratios_to_nextword"] = ratios(report["servers"])
     return report
 
@@ -176,7 +185,7 @@ def machine() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": _cpu_count()}
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0))}
     try:
         import torch
         if torch.cuda.is_available():
@@ -186,18 +195,10 @@ def machine() -> dict:
     return info
 
 
-def _cpu_count() -> int | None:
-    import os
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def write_report(report: dict, out: Path) -> None:
-    """The JSON report, without the raw per-text runs' duplicate samples (the summaries keep them)."""
-    slim = {**report, "runs": {name: [{k: v for k, v in run.items()} for run in runs]
-                               for name, runs in report["runs"].items()}}
-    for runs in slim["runs"].values():
-        for run in runs:
-            for mode in MODES:
-                run[mode] = {k: v for k, v in run[mode].items() if k != "samples_ms"}
+    """The JSON report; the per-text runs without their samples (the pooled summaries keep them)."""
+    def without_samples(run: dict) -> dict:
+        return {**run, **{mode: {k: v for k, v in run[mode].items() if k != "samples_ms"} for mode in MODES}}
+    slim = {**report, "runs": {name: [without_samples(run) for run in runs] for name, runs in report["runs"].items()}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(slim, indent=2))

@@ -91,6 +91,11 @@ def serve_stdio(name: str, load: Callable[[], Backend], n: int, max_context_toke
     def did_open(ls: LanguageServer, params: types.DidOpenTextDocumentParams) -> None:
         windows.pop(params.text_document.uri, None)
 
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: LanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+        windows.pop(params.text_document.uri, None)
+        latest.pop(params.text_document.uri, None)
+
     @server.feature(types.TEXT_DOCUMENT_COMPLETION)
     async def completion(ls: LanguageServer, params: types.CompletionParams) -> types.CompletionList:
         uri = params.text_document.uri

@@ -62,7 +62,7 @@ class Vocab:
         """The k highest-scoring token ids (among `ids`, or among all usable tokens)."""
         if ids is None:
             scores = np.where(self.unusable, -np.inf, logits)
-            return np.argsort(-scores)[:k].tolist()
+            return [int(np.argmax(scores))] if k == 1 else np.argsort(-scores)[:k].tolist()
         if ids.size == 0:
             return []
         return ids[np.argsort(-logits[ids])[:k]].tolist()
