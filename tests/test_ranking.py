@@ -4,7 +4,7 @@ import pytest
 
 from nextword import Predictor
 from nextword.predict.cache_model import DocumentCache, cache_candidates
-from nextword.predict.ranking import Ranking, choose_shown
+from nextword.predict.ranking import choose_shown
 
 # A made-up name used twice early in a document, then enough other text to push it out of a
 # small context window: only the cache model still knows it at the end.
@@ -15,29 +15,38 @@ MEETING = ("Minutes of the planning meeting. Our new colleague Vorquella Tashmin
            "At the end of the meeting the director thanked ")
 
 
-def shown(candidates, typed, n, **ranking):
-    return [w for w, _ in choose_shown(candidates, typed, n, Ranking(**ranking))]
+def shown(candidates, typed, n, cache=None):
+    return [w for w, _ in choose_shown(candidates, typed, n, cache)]
 
 
-def test_words_are_picked_by_expected_keystrokes_saved_and_shown_most_probable_first():
-    # Typed "t"; savings = P x (len - 2): the 0.40 x 1, this 0.18 x 2, together 0.15 x 6, their 0.10 x 3.
+def test_the_most_probable_words_that_save_a_keystroke_are_shown_best_first():
     candidates = [("to", 0.17), ("the", 0.40), ("this", 0.18), ("together", 0.15), ("their", 0.10)]
-    assert shown(candidates, "t", 2, by_savings=True) == ["the", "together"]
-    assert shown(candidates, "t", 2, by_savings=False) == ["the", "this"]
+    assert shown(candidates, "t", 2) == ["the", "this"]
+    assert shown([("to", 0.9), ("tot", 0.1)], "to", 3) == []  # "tot" after "to" saves nothing
 
 
-def test_duplicates_add_up_and_words_that_save_nothing_are_left_out():
+def test_duplicates_add_up():
     candidates = [("The", 0.2), ("To", 0.5), ("The", 0.2), ("Then", 0.3)]
-    assert choose_shown(candidates, "T", 3, Ranking(by_savings=False)) == [("The", pytest.approx(0.4)),
-                                                                        ("Then", pytest.approx(0.3))]
-    assert shown([("to", 0.9), ("tot", 0.1)], "to", 3) == []
+    assert choose_shown(candidates, "T", 3) == [("The", pytest.approx(0.4)), ("Then", pytest.approx(0.3))]
 
 
-def test_floor_hides_junk_after_a_complete_word():
-    # "France is|": the word itself is by far the likeliest; what the search found beyond it is junk.
-    candidates = [("is", 0.9), ("island", 0.05), ("isParis", 0.0001)]
-    assert shown(candidates, "is", 3, floor=0.01) == ["island"]
-    assert shown(candidates, "is", 3, no_camel=False) == ["island", "isParis"]
+def test_words_glued_without_a_space_are_junk():
+    # "France is|": beyond the word itself the search finds "isParis" (no space before "Paris").
+    candidates = [("is", 0.9), ("island", 0.05), ("isParis", 0.0001), ("isn't", 0.01)]
+    assert shown(candidates, "is", 3) == ["island", "isn't"]
+    assert shown([("McMenamin", 0.2), ("McMahon", 0.1)], "McM", 3) == ["McMenamin", "McMahon"]  # typed so
+
+
+def test_cache_is_interpolated_with_the_model():
+    candidates = [("said", 0.3), ("says", 0.15), ("spoke", 0.003), ("sadly", 0.002)]
+    assert shown(candidates, "s", 3) == ["said", "says", "spoke"]
+    # P = 0.98 P_model + 0.02 P_cache: a word the document uses a lot overtakes a poor model guess,
+    assert shown(candidates, "s", 3, cache={"sadly": 0.2}) == ["said", "says", "sadly"]
+    # and so does a word only the cache knows,
+    assert shown(candidates, "s", 3, cache={"Seamaster": 0.2}) == ["said", "says", "Seamaster"]
+    # but not one it has seen once in a long document, nor past a word the model is sure of.
+    assert shown(candidates, "s", 3, cache={"Seamaster": 0.001}) == ["said", "says", "spoke"]
+    assert shown(candidates, "s", 2, cache={"Seamaster": 1.0}) == ["said", "says"]
 
 
 def test_document_cache_counts_complete_words_and_what_follows_what():
@@ -57,7 +66,8 @@ def test_cache_candidates_follow_the_prefix_the_previous_word_and_the_casing():
     context = "the quiet road. a "
     probabilities = cache_candidates([cache], context, "qu")
     assert set(probabilities) == {"quick", "quiet"} and probabilities["quiet"] > probabilities["quick"]
-    assert sum(probabilities.values()) == pytest.approx(1.0)
+    # 12 words, 3 of them "quiet", and "a" was followed by "quiet" every time: 0.4 * 3/12 + 0.6 * 1
+    assert probabilities["quiet"] == pytest.approx(0.4 * 3 / 12 + 0.6)
     assert set(cache_candidates([cache], "Done. ", "q")) == {"Quick", "Quiet"}  # a sentence start
 
 

@@ -64,34 +64,30 @@ def previous_word(context: str) -> str:
 
 def cache_probabilities(caches: list[DocumentCache], previous: str, typed: str,
                         min_chars: int) -> dict[str, float]:
-    """P(word | previous word, word starts with `typed`) from the counts of these documents, for
-    the counted words of at least `min_chars` characters; spelled as last written."""
+    """P(next word | previous word) from the counts of these documents (word counts, with the
+    counts of what followed `previous` mixed in where it was seen), for the counted words that
+    start with `typed` and have at least `min_chars` characters; spelled as last written."""
     typed_lower = typed.lower()
-    unigram: Counter[str] = Counter()
-    bigram: Counter[str] = Counter()
+    words_seen = sum(sum(cache.words.values()) for cache in caches)
+    after_previous = sum(sum(cache.pairs[previous].values()) for cache in caches if previous in cache.pairs)
+    bigram_weight = BIGRAM_WEIGHT if after_previous else 0.0
+    out: dict[str, float] = {}
     forms: dict[str, str] = {}
     for cache in caches:
+        followers = cache.pairs.get(previous, {})
         for lower, count in cache.words.items():
             if len(lower) >= min_chars and lower.startswith(typed_lower):
-                unigram[lower] += count
+                p = (1 - bigram_weight) * count / words_seen
+                if followers:
+                    p += bigram_weight * followers.get(lower, 0) / after_previous
+                out[lower] = out.get(lower, 0.0) + p
                 forms.setdefault(lower, cache.forms[lower])
-    for cache in caches:
-        for lower, count in cache.pairs.get(previous, {}).items():
-            if lower in unigram:
-                bigram[lower] += count
-    total_unigram = sum(unigram.values())
-    if not total_unigram:
-        return {}
-    total_bigram = sum(bigram.values())
-    bigram_weight = BIGRAM_WEIGHT if total_bigram else 0.0
-    return {forms[w]: (1 - bigram_weight) * c / total_unigram
-            + (bigram_weight * bigram[w] / total_bigram if total_bigram else 0.0)
-            for w, c in unigram.items()}
+    return {forms[w]: p for w, p in out.items()}
 
 
 def cache_candidates(caches: list[DocumentCache], context: str, typed: str) -> dict[str, float]:
     """The cache model's words for the cursor after `context` with `typed` typed of the word,
-    cased as the predictor cases the model's words, with P(word | previous word, typed)."""
+    cased as the predictor cases the model's words, with P(word | previous word)."""
     sentence_start = is_sentence_start(context)
     out: dict[str, float] = {}
     for form, p in cache_probabilities(caches, previous_word(context), typed, len(typed) + 2).items():

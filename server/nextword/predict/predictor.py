@@ -27,7 +27,7 @@ import torch
 
 from nextword.model.loading import LoadedModel, load_model
 from nextword.predict.cache_model import CACHE_MODES, DocumentCache, cache_candidates
-from nextword.predict.ranking import Ranking, choose_shown
+from nextword.predict.ranking import choose_shown
 from nextword.predict.session import Cancelled, Session, common_prefix_length
 from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
                                    split_gap, split_partial_word)
@@ -59,10 +59,9 @@ class WordList:
 
 class Predictor:
     def __init__(self, loaded: LoadedModel, max_context_tokens: int = 1024, max_sessions: int = 8,
-                 beam_width: int = 8, cache_model: str = "document", ranking: Ranking = Ranking()):
+                 beam_width: int = 8, cache_model: str = "document"):
         """cache_model: whose words the cache model counts: "off", "document" (the one being
-        typed in) or "workspace" (every document this predictor has seen a request for).
-        ranking: how the shown words are picked from the candidates."""
+        typed in) or "workspace" (every document this predictor has seen a request for)."""
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -70,7 +69,6 @@ class Predictor:
         self.max_sessions = max_sessions
         self.beam_width = beam_width
         self.cache_model = cache_model
-        self.ranking = ranking
         self._caches: OrderedDict[str, DocumentCache] = OrderedDict()  # by session
         self.table = TokenTable(self.tokenizer.token_bytes, self.tokenizer.special_ids)
         self.start_id = self.tokenizer.document_start_id
@@ -103,7 +101,7 @@ class Predictor:
         for the whole window; for callers that fill the cache in the background (`speculate`)."""
         context, typed, words = self._words_at(text_before_cursor, n, session, cancelled, quick_start=quick_start)
         cached = self._cache_candidates(context, typed, session)
-        return [Suggestion(word, prob) for word, prob in choose_shown(words, typed, n, self.ranking, cached)]
+        return [Suggestion(word, prob) for word, prob in choose_shown(words, typed, n, cached)]
 
     @property
     def cache_model(self) -> str:
