@@ -12,10 +12,11 @@ at least len(typed) + 2 characters (shorter ones save no keystroke), after two a
   model's guesses only when those are poor, e.g. after "Vor" for a name no longer in the
   model's window, and rarely displaces a word the model is sure of.
 
-Measured with `nextword.eval.replay` on ../shared/corpus (README, "Ranking"): picking by expected
-keystrokes saved, P x (len(word) - len(typed) - 1), lost ~0.01 KSR (a long word not shown now is
-mostly shown after one more letter, a short one has no later chance); a floor relative to the
-best candidate lost 0.001-0.004; merging case variants ("video"/"Video") lost 0.001. None is kept.
+Measured with `nextword.eval.replay` on ../shared/corpus (README, "Ranking experiments"):
+picking by expected keystrokes saved, P x (len(word) - len(typed) - 1), lost 0.003-0.007 KSR (a
+long word not shown now is mostly shown after one more letter, a short one has no later chance);
+a floor at 1 % of the best candidate lost 0.001-0.003; merging case variants ("video"/"Video")
+lost 0.001. None is kept.
 """
 
 from __future__ import annotations
