@@ -99,3 +99,11 @@ def test_workspace_mode_uses_the_other_open_documents(small_window):
 def test_bad_cache_mode_is_a_clear_error(small_window):
     with pytest.raises(ValueError, match="cache_model"):
         small_window.cache_model = "everything"
+
+
+def test_cache_model_setting():
+    from nextword.lsp.settings import Settings
+    settings, problems = Settings().updated({"cacheModel": "workspace"})
+    assert settings.cache_model == "workspace" and not problems
+    settings, problems = settings.updated({"cacheModel": "all"})
+    assert settings.cache_model == "workspace" and "off, document, workspace" in problems[0]
