@@ -99,6 +99,7 @@ def test_summary_pools_texts_and_ratios_divide_by_nextword():
     r = ratios({"nextword": ours, "naive": theirs})["naive"]
     assert r["paced word-start p50"] == 100.0 and r["open to first answer"] == 10.0 and r["peak RSS MB"] == 2.0
     assert metrics(ours)["b2b all p50"] == 2.0  # of 1 1 1 2 3 4: word-start and in-word pooled
+    assert metrics(ours)["paced answered %"] == 66.7 and "paced answered %" not in r  # 2 of 6 empty
     table = markdown_table({"servers": {"nextword": ours, "naive": theirs}, "ratios_to_nextword": {"naive": r}})
     assert "| naive / nextword |" in table and "100×" in table
     empty = summarize([run_with([], [], 1.0, 1.0)])

@@ -107,6 +107,11 @@ def metrics(summary: dict) -> dict[str, float | None]:
             for q in ("p50", "p90", "p99"):
                 out[f"{short} {kind.replace('_', '-')} {q}"] = p.get(q)
         out[f"{short} all p50"] = summary[mode]["all"].get("p50")
+        # superseded requests are answered empty: a paced p50 over mostly empty answers is waiting time
+        requests = summary[mode]["requests"]
+        out[f"{short} answered %"] = round(100 * (requests - summary[mode]["empty_answers"]) / requests, 1) \
+            if requests else None
+        out[f"{short} KSR"] = summary[mode]["ksr"]
     out["open to first answer"] = summary["open_to_first_answer_ms"]
     out["peak RSS MB"] = summary["peak_rss_mb"]
     return out
@@ -123,12 +128,14 @@ def ratios(servers: dict[str, dict]) -> dict[str, dict[str, float | None]]:
             continue
         theirs = metrics(summary)
         out[name] = {key: (round(theirs[key] / ours[key], 1) if theirs[key] is not None and ours[key] else None)
-                     for key in ours}
+                     for key in ours if not key.endswith(NOT_RATIOS)}
     return out
 
 
+NOT_RATIOS = ("answered %", "KSR")  # shares, not costs: shown, not divided
 TABLE_COLUMNS = ("paced word-start p50", "paced word-start p99", "paced in-word p50", "paced in-word p99",
-                 "b2b word-start p50", "b2b word-start p99", "b2b in-word p50", "open to first answer", "peak RSS MB")
+                 "paced answered %", "b2b word-start p50", "b2b word-start p99", "b2b in-word p50", "b2b KSR",
+                 "open to first answer", "peak RSS MB")
 
 
 def markdown_table(report: dict) -> str:
@@ -137,16 +144,18 @@ def markdown_table(report: dict) -> str:
     lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
     for name, summary in report["servers"].items():
         m = metrics(summary)
-        lines.append(f"| {name} | {summary['typed_chars']} | " + " | ".join(_fmt(m[c]) for c in TABLE_COLUMNS) + " |")
+        lines.append(f"| {name} | {summary['typed_chars']} | " + " | ".join(_fmt(m[c], column=c) for c in TABLE_COLUMNS) + " |")
         if name in report["ratios_to_nextword"]:
             r = report["ratios_to_nextword"][name]
-            lines.append(f"| {name} / nextword | | " + " | ".join(_fmt(r[c], "×") for c in TABLE_COLUMNS) + " |")
+            lines.append(f"| {name} / nextword | | " + " | ".join(_fmt(r.get(c), "×") for c in TABLE_COLUMNS) + " |")
     return "\n".join(lines)
 
 
-def _fmt(value: float | None, unit: str = "") -> str:
+def _fmt(value: float | None, unit: str = "", column: str = "") -> str:
     if value is None:
         return "–"
+    if column.endswith("KSR"):
+        return f"{value:.2f}"
     return f"{value:.0f}{unit}" if value >= 100 else f"{value:.1f}{unit}"
 
 
