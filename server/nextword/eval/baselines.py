@@ -115,11 +115,15 @@ class PresagePredictor:
         self._past_callback = _STREAM_CALLBACK(lambda _: ctypes.addressof(self._past))
         self._future_callback = _STREAM_CALLBACK(lambda _: ctypes.addressof(self._future))
         self._handle = ctypes.c_void_p()
-        self._check(lib.presage_new_with_config(self._past_callback, None, self._future_callback, None,
-                                                str(self._workdir / "presage.xml").encode(),
-                                                ctypes.byref(self._handle)), "starting")
         self._n = 0
-        self._set_suggestions(n)
+        try:
+            self._check(lib.presage_new_with_config(self._past_callback, None, self._future_callback, None,
+                                                    str(self._workdir / "presage.xml").encode(),
+                                                    ctypes.byref(self._handle)), "starting")
+            self._set_suggestions(n)
+        except PresageError:
+            self.close()
+            raise
 
     def predict(self, text_before_cursor: str, n: int) -> list[str]:
         if not self._handle:
