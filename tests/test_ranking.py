@@ -52,17 +52,21 @@ def test_cache_is_interpolated_with_the_model():
 def test_document_cache_counts_complete_words_and_what_follows_what():
     cache = DocumentCache()
     cache.update("Ruth said to Naomi. Naomi said to Ru")
-    assert cache.words["naomi"] == 2 and "ru" not in cache.words  # the word at the cursor may grow
-    assert cache.pairs["said"]["to"] == 2
+    assert cache.words["naomi"] == 2 and cache.pairs["said"]["to"] == 1 and cache.words["said"] == 2
+    assert "ru" not in cache.words  # the word at the cursor may still grow
+    # The last complete word may be inline completion's guess: counted only once a word follows.
+    cache.update("Ruth said to Naomi. Naomi said to Rahab ")
+    assert "rahab" not in cache.words and cache.words["to"] == 2
     cache.update("Ruth said to Naomi. Naomi said to Ruth, and Bo")  # typing on: only the new words
-    assert cache.words["ruth"] == 2 and cache.words["and"] == 1
-    cache.update("Boaz.")  # any other edit: counted again
+    assert cache.words["ruth"] == 2 and cache.words["to"] == 2 and cache.pairs["said"]["to"] == 2
+    assert "and" not in cache.words and "rahab" not in cache.words
+    cache.update("Boaz. Ruth ")  # any other edit: counted again
     assert dict(cache.words) == {"boaz": 1}
 
 
 def test_cache_candidates_follow_the_prefix_the_previous_word_and_the_casing():
     cache = DocumentCache()
-    cache.update("the quick fox. the quiet night. a quiet night. the quiet road. ")
+    cache.update("the quick fox. the quiet night. a quiet night. the quiet road. a ")
     context = "the quiet road. a "
     probabilities = cache_candidates([cache], context, "qu")
     assert set(probabilities) == {"quick", "quiet"} and probabilities["quiet"] > probabilities["quick"]

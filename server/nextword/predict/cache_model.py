@@ -35,21 +35,20 @@ class DocumentCache:
         self._last = ""  # the last counted word, lowercase ("" at a line start)
 
     def update(self, text: str) -> None:
-        """Count the complete words of `text` (the document before the cursor). Typing at the end
-        only counts the new words; any other edit counts the text again."""
+        """Count the words of `text` (the document before the cursor) but the last two: the one
+        at the cursor may still grow, and the complete one before it may be a guess (inline
+        completion asks what follows the best word before the person has typed it). So typing
+        at the end only counts the new words; any other edit counts the text again."""
         if not text.startswith(self._text):
             self._reset()
-        start = len(self._text)
-        end = start
-        for match in WORD_RE.finditer(text, start):
-            if match.end() == len(text):  # the word at the cursor may still grow
-                break
+        end = len(self._text)
+        matches = [m for m in WORD_RE.finditer(text, end) if m.end() < len(text)]
+        for match in matches[:-1]:
             word = match.group()
             lower = word.lower()
             self.words[lower] += 1
             self.forms[lower] = word
-            gap = text[end:match.start()]
-            if self._last and "\n\n" not in gap:  # a paragraph break ends a run of words
+            if self._last and "\n\n" not in text[end:match.start()]:  # a paragraph break ends a run of words
                 self.pairs[self._last][lower] += 1
             self._last = lower
             end = match.end()
