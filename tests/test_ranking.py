@@ -111,3 +111,20 @@ def test_cache_model_setting():
     assert settings.cache_model == "workspace" and not problems
     settings, problems = settings.updated({"cacheModel": "all"})
     assert settings.cache_model == "workspace" and "off, document, workspace" in problems[0]
+
+
+def test_replay_counts_keystrokes_over_recorded_lists(tmp_path):
+    import json
+
+    from nextword.eval.replay import load_recording, replay, shipped_rule
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat", encoding="utf-8")
+    lists = [[[["the", 0.5], ["a", 0.3]], [], []],  # "the" shown at its start: 1 key
+             [[["dog", 0.5]], [["cat", 0.4], ["car", 0.3]], []],  # "cat" after "c": 2 keys
+             [[], [], []]]  # "sat" typed in full: 3 keys
+    recording = tmp_path / "t.jsonl"
+    recording.write_text("\n".join([json.dumps({"text": str(text), "start": 0, "chars": 11})]
+                                   + [json.dumps({"w": i, "lists": found}) for i, found in enumerate(lists)]))
+    context, typed_text, loaded = load_recording(recording)
+    result = replay(context, typed_text, loaded, shipped_rule(cache_model=False))
+    assert (result["characters"], result["keystrokes"]) == (11, 1 + 2 + 3 + 2)  # and the two spaces

@@ -5,11 +5,12 @@ does not depend on how they are then ranked. So the model only has to run once p
 asks for the list at every prefix of every word (what a person typing the text would ask for,
 plus the prefixes after a hit, which only add lists to the memo for that word's context), and
 `replay` runs the keystroke simulation of `nextword.eval.ksr` with any ranking rule over the
-stored lists in seconds. `Predictor.predict` and `replay` call the same `choose_shown`, so a
-replay equals `nextword eval --no-speculate` on the same text and settings.
+stored lists in seconds. `Predictor.predict` and `shipped_rule` call the same `choose_shown`, so
+a replay equals `nextword eval --no-speculate` on the same text and settings (to a keystroke or
+so per 500 characters: searches batched differently differ in the last float bits).
 
     python -m nextword.eval.replay record --text ../shared/corpus/news.txt --out results/lists-news.jsonl
-    python -m nextword.eval.replay replay results/lists-*.jsonl
+    python -m nextword.eval.replay replay results/lists-news.jsonl --cache-weight 0.05
 """
 
 from __future__ import annotations
@@ -94,6 +95,24 @@ def replay(context: str, text: str, lists: list[list[list[tuple[str, float]]]], 
     return simulate(predict, text, n).summary()
 
 
+def shipped_rule(cache_model: bool = True, cache_weight: float | None = None) -> RankFn:
+    """`Predictor.predict`'s ranking ("document" cache model or none), for one text typed in order."""
+    from nextword.predict.cache_model import DocumentCache, cache_candidates
+    from nextword.predict.ranking import CACHE_WEIGHT, choose_shown
+    from nextword.predict.text import split_partial_word
+    cache = DocumentCache()
+
+    def rank(before: str, candidates: list[tuple[str, float]], n: int) -> list[str]:
+        context, typed = split_partial_word(before)
+        cached = None
+        if cache_model:
+            cache.update(before)
+            cached = cache_candidates([cache], context, typed)
+        weight = CACHE_WEIGHT if cache_weight is None else cache_weight
+        return [w for w, _ in choose_shown(candidates, typed, n, cached, weight)]
+    return rank
+
+
 def _line_start(text: str, at: int) -> int:
     """The first line start at or after `at`, so a recorded part starts with a whole word."""
     if at <= 0:
@@ -116,9 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chars", type=int)
     p.add_argument("--max-context-tokens", type=int, default=1024)
     p.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("replay", help="KSR of the shipped ranking over recorded lists")
+    p.add_argument("recordings", type=Path, nargs="+")
+    p.add_argument("--chars", type=int, help="only the first CHARS characters of each recording")
+    p.add_argument("--cache-model", choices=["off", "document"], default="document")
+    p.add_argument("--cache-weight", type=float, help="the cache model's weight (default: the shipped one)")
     args = parser.parse_args(argv)
     if args.command == "record":
         record(args.text, args.out, args.start, args.chars, args.max_context_tokens, args.threads)
+        return 0
+    for path in args.recordings:
+        context, text, lists = load_recording(path, args.chars)
+        result = replay(context, text, lists, shipped_rule(args.cache_model == "document", args.cache_weight))
+        print(f"{path.name}: {result['characters']} characters, KSR {result['ksr']:.4f}, "
+              f"word-start top-3 {result['word_start_topn']:.3f}")
     return 0
 
 
