@@ -1,14 +1,15 @@
 """Instant adaptation: the words a person has already written, as a second opinion on the ranking.
 
 A cache model counts the words of the current document (and, in "workspace" mode, of the other
-open documents) and which word followed which. For the word at the cursor it gives, among the
-counted words that start with what was typed, a probability from the counts after the previous
-word (bigram) backed off to plain word counts (unigram).
+open documents) and which word followed which. For the word at the cursor it gives P(next word |
+previous word), word counts mixed with the counts of what followed the previous word, for the
+counted words that start with what was typed.
 
-Why it helps a transformer that already copies names from its context: the context window holds
-the last ~1k tokens, the cache the whole document; and a name the model spells with rare tokens
-can fall out of the word search's small beam, while the cache finds it by its letters.
-How it is blended without hurting is `nextword.predict.ranking`'s job.
+Why a transformer that already copies names from its context needs it: the context window holds
+the last ~1k tokens, the cache the whole document (and the other open ones); and a name the model
+spells with rare tokens can fall out of the word search's small beam, while the cache finds it by
+its letters. How it is blended without hurting is `nextword.predict.ranking`'s job.
+Cost: ~2 ms per 1k distinct words at a word start, well under 1 ms inside a word.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class DocumentCache:
         self._reset()
 
     def _reset(self) -> None:
-        self._text = ""  # the text counted so far, up to the end of its last complete word
+        self._text = ""  # the text counted so far, up to the end of its last counted word
         self.words: Counter[str] = Counter()  # lowercase word -> count
         self.forms: dict[str, str] = {}  # lowercase word -> its latest spelling
         self.pairs: defaultdict[str, Counter[str]] = defaultdict(Counter)  # previous -> next (lowercase)
