@@ -85,6 +85,8 @@ function readSettings(): NextwordSettings {
         maxContextTokens: get('maxContextTokens'),
         maxSessions: get('maxSessions'),
         inline: get('inline'),
+        cacheModel: get('cacheModel'),
+        adapterPath: get('adapterPath'),
     };
 }
 

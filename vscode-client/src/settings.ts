@@ -16,6 +16,8 @@ export interface NextwordSettings {
     maxContextTokens: number;
     maxSessions: number;
     inline: boolean;
+    cacheModel: string;
+    adapterPath: string;
 }
 
 export const DEFAULT_SETTINGS: NextwordSettings = {
@@ -30,7 +32,12 @@ export const DEFAULT_SETTINGS: NextwordSettings = {
     maxContextTokens: 1024,
     maxSessions: 8,
     inline: true,
+    cacheModel: 'document',
+    adapterPath: '',
 };
+
+/** Whose words the server's cache model counts (see the server's README). */
+export const CACHE_MODELS = ['off', 'document', 'workspace'];
 
 /** The server's limit on suggestions per request. */
 export const MAX_SUGGESTIONS = 10;
@@ -113,6 +120,8 @@ export interface ServerSettings {
     maxContextTokens: number;
     maxSessions: number;
     inline: boolean;
+    cacheModel: string;
+    adapterPath?: string;
 }
 
 /**
@@ -127,10 +136,15 @@ export function serverSettings(settings: NextwordSettings, env: Pick<Environment
         maxContextTokens: clampInt(settings.maxContextTokens, 64, 8192, DEFAULT_SETTINGS.maxContextTokens),
         maxSessions: clampInt(settings.maxSessions, 1, 64, DEFAULT_SETTINGS.maxSessions),
         inline: settings.inline !== false,
+        cacheModel: CACHE_MODELS.includes(settings.cacheModel) ? settings.cacheModel : DEFAULT_SETTINGS.cacheModel,
     };
     const modelPath = resolveModelPath(settings, env);
     if (modelPath !== undefined) {
         out.modelPath = modelPath;
+    }
+    const adapterPath = resolvePath(settings.adapterPath, env);
+    if (adapterPath !== undefined) {
+        out.adapterPath = adapterPath;
     }
     if (settings.dtype && settings.dtype !== 'auto') {
         out.dtype = settings.dtype;
@@ -140,10 +154,15 @@ export function serverSettings(settings: NextwordSettings, env: Pick<Environment
 
 /** nextword.modelPath made absolute (relative paths are taken from the first workspace folder). */
 export function resolveModelPath(settings: NextwordSettings, env: Pick<Environment, 'homeDir' | 'workspaceFolder'>): string | undefined {
-    if (!settings.modelPath || settings.modelPath.trim() === '') {
+    return resolvePath(settings.modelPath, env);
+}
+
+/** A file setting made absolute (~ and ${workspaceFolder} expanded, relative to the workspace); undefined when empty. */
+function resolvePath(value: string | undefined, env: Pick<Environment, 'homeDir' | 'workspaceFolder'>): string | undefined {
+    if (!value || value.trim() === '') {
         return undefined;
     }
-    const expanded = expandPath(settings.modelPath, env);
+    const expanded = expandPath(value, env);
     if (path.isAbsolute(expanded) || env.workspaceFolder === undefined) {
         return expanded;
     }

@@ -83,7 +83,15 @@ test('server settings: defaults leave modelPath and dtype to the server', () => 
         maxContextTokens: 1024,
         maxSessions: 8,
         inline: true,
+        cacheModel: 'document',
     });
+});
+
+test('server settings: cache model and adapter', () => {
+    const s = serverSettings(settings({ cacheModel: 'workspace', adapterPath: '~/mine.adapter.safetensors' }), env());
+    assert.equal(s.cacheModel, 'workspace');
+    assert.equal(s.adapterPath, '/home/ann/mine.adapter.safetensors');
+    assert.equal(serverSettings(settings({ cacheModel: 'everything' }), env()).cacheModel, 'document');
 });
 
 test('server settings: values are forwarded, paths made absolute, numbers clamped', () => {
@@ -100,6 +108,7 @@ test('server settings: values are forwarded, paths made absolute, numbers clampe
         maxContextTokens: 64,
         maxSessions: 8,
         inline: false,
+        cacheModel: 'document',
     });
     assert.equal(serverSettings(settings({ modelPath: '~/m.safetensors' }), env()).modelPath, '/home/ann/m.safetensors');
     assert.equal(serverSettings(settings({ maxSuggestions: Number.NaN }), env()).maxSuggestions, 5);
