@@ -16,27 +16,7 @@ APT_PACKAGES=(chromium libkrb5-dev pkg-config libx11-dev libxkbfile-dev libsecre
 log() { printf '[setup-e2e] %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------------
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$pkg")
-    fi
-done
-if ((${#missing[@]})); then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    log "apt: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # Retry once: a mirror hiccup should not fail the whole test run.
-    for attempt in 1 2; do
-        if $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-            break
-        fi
-        if [ "$attempt" = 2 ]; then log "apt-get install failed"; exit 1; fi
-        log "apt-get failed; retrying in 10 s"
-        sleep 10
-    done
-fi
+bash "$(dirname "$0")/apt-install.sh" "${APT_PACKAGES[@]}"
 command -v chromium >/dev/null || { log "chromium is not on PATH after installing it"; exit 1; }
 
 # --- Node 24, code-server, playwright-core --------------------------------------------------------

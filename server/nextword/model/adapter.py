@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from nextword.model.config import ModelConfig
-from nextword.model.weights_file import WeightsError
+from nextword.model.weights_file import WeightsError, save_atomically
 
 ADAPTER_KEY = "nextword.adapter"
 
@@ -80,17 +77,7 @@ def save_adapter_file(path: str | Path, adapter: Adapter) -> None:
     path = Path(path)
     meta = {"rank": adapter.rank, "alpha": adapter.alpha, "base_config": json.loads(adapter.base_config.to_json()),
             **adapter.info}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in adapter.tensors.items()}, tmp,
-                  metadata={ADAPTER_KEY: json.dumps(meta, sort_keys=True)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomically(path, adapter.tensors, {ADAPTER_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def read_adapter_file(path: str | Path) -> Adapter:

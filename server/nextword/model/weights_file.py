@@ -69,12 +69,16 @@ def save_model_file(path: str | Path, config: ModelConfig, tensors: dict[str, to
     """Write a model file atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)
     _check_tensors(path, config, tensors)
-    metadata = {CONFIG_KEY: config.to_json(), TOKENIZER_KEY: tokenizer_json, SOURCE_KEY: source}
+    save_atomically(path, tensors, {CONFIG_KEY: config.to_json(), TOKENIZER_KEY: tokenizer_json, SOURCE_KEY: source})
+
+
+def save_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temp file and a rename: never half a file at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.chmod(tmp, 0o644)  # mkstemp makes files private; a model file is meant to be shared
         os.replace(tmp, path)
     except BaseException:

@@ -41,6 +41,7 @@ from nextword.model.loading import LoadedModel, load_model, resolve_device
 from nextword.model.weights_file import SOURCE_KEY, read_model_file, save_model_file
 from nextword.train.data import DataError, TextData, read_training_data
 from nextword.train.lora import TARGETS, add_lora, load_lora_tensors, lora_tensors
+from nextword.weights.build import sha256_file
 from nextword.weights.paths import default_model_path
 
 CHECKPOINT_FILE = "last.pt"
@@ -124,7 +125,7 @@ def _finetune(opts: FinetuneOptions, world: _Distributed, progress: ProgressFn |
     train, val = _sequences(data.train, opts.seq_len), _sequences(data.val, min(opts.seq_len, len(data.val) - 1))
     log(f"{len(data.files)} files: {len(data.train)} training tokens ({data.train_paragraphs} paragraphs), "
         f"{len(data.val)} validation tokens ({data.val_paragraphs} paragraphs)")
-    base_sha256 = _sha256(base)
+    base_sha256 = sha256_file(base)
     report: dict = {"base": {"file": base.name, "sha256": base_sha256},
                     "data": {"files": len(data.files), "skipped": data.warnings, "train_tokens": len(data.train),
                              "val_tokens": len(data.val), "train_paragraphs": data.train_paragraphs,
@@ -335,14 +336,6 @@ def _warmup_cosine(total: int) -> Callable[[int], float]:
             return (step + 1) / warmup
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
     return factor
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tokens_sha256(data: TextData) -> str:
