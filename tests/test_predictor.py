@@ -153,25 +153,6 @@ def test_a_cold_document_first_answers_from_recent_text(p):
     assert len(p._sessions["cold"].ids) > QUICK_START_TOKENS and "cold" not in p._recent
 
 
-def test_speculation_says_which_requests_it_is_preparing(p):
-    """While `speculate` runs, `prepares` names the requests it will have answered (the server
-    lets such a request wait for it rather than cancel it); those cost no model work afterwards."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    prepared: set[str] = set()
-
-    def cancelled() -> bool:
-        prepared.update(c for c in letters if p.prepares("doc", STORY + c))
-        assert not p.prepares("other", STORY + "a") and not p.prepares("doc", STORY + "zz")
-        return False
-
-    p.speculate(STORY, session="doc", cancelled=cancelled)
-    assert prepared and not any(p.prepares("doc", STORY + c) for c in letters)  # only while it runs
-    before = p.tokens_computed
-    for c in prepared:
-        assert p.predict(STORY + c, session="doc")
-    assert p.tokens_computed == before
-
-
 def test_cancellation_stops_the_work(p):
     with pytest.raises(Cancelled):
         p.predict(STORY * 20, session="c", cancelled=lambda: True)

@@ -37,7 +37,6 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._newest: dict[tuple[str, str], int] = {}  # (document, kind) -> its newest job
         self._latest: dict[str, int] = {}  # document -> its newest job of any kind
-        self._wanted: dict[str, str | None] = {}  # document -> the text of its newest request
         self._jobs = itertools.count(1)
         self._cuts: dict[str, int] = {}  # document -> where its context text starts (see `context`)
 
@@ -67,15 +66,11 @@ class Engine:
             self.predictor.max_sessions = settings.max_sessions
             self.predictor.cache_model = settings.cache_model
 
-    async def run(self, document: str, kind: str, work: Callable[[Predictor, CancelCheck], T],
-                  text: str | None = None) -> T:
+    async def run(self, document: str, kind: str, work: Callable[[Predictor, CancelCheck], T]) -> T:
         """Run `work(predictor, cancelled)` on the worker thread as the newest `kind` request for
         `document`. Raises Cancelled when a newer one supersedes it, and cancels the job when the
-        awaiting task is cancelled ($/cancelRequest). `text`: the text before the cursor the
-        request is about; background work that is preparing exactly its answer goes on (the
-        request, queued behind it, then finds the answer ready) instead of being cancelled."""
+        awaiting task is cancelled ($/cancelRequest)."""
         stop = threading.Event()
-        self._wanted[document] = text
         future = self._submit(document, kind, work, stop)
         try:
             return await asyncio.wrap_future(future)
@@ -93,7 +88,6 @@ class Engine:
     def close(self, document: str) -> None:
         """Stop the document's work and free its sessions."""
         self._latest.pop(document, None)
-        self._wanted.pop(document, None)
         self._cuts.pop(document, None)
         for key in [key for key in self._newest if key[0] == document]:
             del self._newest[key]
@@ -131,13 +125,11 @@ class Engine:
         background = kind == "background"
 
         def cancelled() -> bool:
-            if stop.is_set() or self._newest.get((document, kind)) != job:
-                return True
-            return (background and self._latest.get(document) != job
-                    and not predictor.prepares(document, self._wanted.get(document)))
+            return (stop.is_set() or self._newest.get((document, kind)) != job
+                    or (background and self._latest.get(document) != job))
 
         def call() -> T:
-            if predictor is None or cancelled():
+            if cancelled() or predictor is None:
                 raise Cancelled()
             return work(predictor, cancelled)
 

@@ -265,8 +265,7 @@ async def completion(ls: NextwordServer, params: types.CompletionParams) -> type
     replace = types.Range(start=doc.position_at(cursor.start), end=doc.position_at(offset))
     context = ls.engine.context(doc.uri, doc.text, offset)
     try:
-        words = await ls.engine.run(doc.uri, "completion", suggest(context, ls.settings.max_suggestions, doc.uri),
-                                    text=context)
+        words = await ls.engine.run(doc.uri, "completion", suggest(context, ls.settings.max_suggestions, doc.uri))
     except Cancelled:  # superseded by a newer request or edit for this document
         return types.CompletionList(is_incomplete=True, items=[])
     ls.warm(doc, offset)  # idle time until the next keystroke: prepare the next word
@@ -318,7 +317,7 @@ async def inline_completion(ls: NextwordServer, params: types.InlineCompletionPa
     replace = types.Range(start=doc.position_at(cursor.start), end=doc.position_at(offset))
     context = ls.engine.context(doc.uri, doc.text, offset)
     try:
-        text = await ls.engine.run(doc.uri, "inline", _ghost_text(context, cursor.typed, doc.uri), text=context)
+        text = await ls.engine.run(doc.uri, "inline", _ghost_text(context, cursor.typed, doc.uri))
     except Cancelled:
         return types.InlineCompletionList(items=[])
     ls.warm(doc, offset)

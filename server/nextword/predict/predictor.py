@@ -75,7 +75,6 @@ class Predictor:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._recent: dict[str, Session] = {}  # by session: recent text only, while it fills (quick_start)
         self._closed_tokens = 0
-        self._preparing: tuple[str, Callable[[str], bool]] | None = None  # (session, texts) `speculate` works on
         self._lock = threading.RLock()  # one model call at a time; sessions are not thread-safe
 
     @classmethod
@@ -148,29 +147,15 @@ class Predictor:
 
         def next_letters() -> None:
             if likely:
-                self._preparing = (session, lambda t: t[:-1] == text_before_cursor and t[-1:].lower() in likely)
                 self._words_at(text_before_cursor, n, session, cancelled, also=[typed + c for c in likely])
 
         def next_word() -> None:
             if words:
-                after = context + words[0][0] + " "
-                self._preparing = (session, lambda t: len(t) == len(after) and t.startswith(context)
-                                   and t[len(context):].lower() == after[len(context):].lower())
-                self._words_at(after, n, session, cancelled)
+                self._words_at(context + words[0][0] + " ", n, session, cancelled)
 
         best_letter = letters[likely[0]] if likely else 0.0
-        try:
-            for step in (next_word, next_letters) if finished >= best_letter else (next_letters, next_word):
-                step()
-        finally:
-            self._preparing = None
-
-    def prepares(self, session: str, text_before_cursor: str | None) -> bool:
-        """Whether `speculate`, running now, is preparing the answer for this text: a request for
-        it is better off waiting for that work than cancelling it and starting over."""
-        preparing = self._preparing
-        return preparing is not None and text_before_cursor is not None and preparing[0] == session \
-            and preparing[1](text_before_cursor)
+        for step in (next_word, next_letters) if finished >= best_letter else (next_letters, next_word):
+            step()
 
     def _words_at(self, text_before_cursor: str, n: int, session: str, cancelled: Callable[[], bool] | None,
                   also: list[str] | None = None, quick_start: bool = False) -> tuple[str, str, list[tuple[str, float]]]:
