@@ -47,7 +47,7 @@ def decode_step(model_path: str | Path, device: str = "cpu", dtype: str | None =
                 bandwidth_gbs: float | None = None) -> dict:
     """Time appending 1 and 8 tokens to a cached context of `context_tokens` tokens through
     nextword.model with a KVCache, and compare with the bandwidth floor."""
-    loaded = load_model(model_path, device, dtype)
+    loaded = load_model(model_path, device, dtype, packed=True)  # as the server runs it
     model, config, dev = loaded.model, loaded.config, loaded.device
     ids = loaded.tokenizer.encode(text or _FILLER)
     while len(ids) < context_tokens + max(new_tokens):
