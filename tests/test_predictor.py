@@ -146,6 +146,10 @@ def test_a_cold_document_first_answers_from_recent_text(p):
     before = p.tokens_computed
     assert p.predict(text, session="cold", quick_start=True)
     assert p.tokens_computed - before <= QUICK_START_TOKENS + 8 * 8  # not the whole window
+    before = p.tokens_computed
+    assert p.predict(text + "My daughter, ", session="cold", quick_start=True)
+    assert p.tokens_computed - before <= 4 + 8 * 8  # typing on extends the recent text's cache
+    text += "My daughter, "
     p.speculate(text, session="cold")  # the background work fills the whole window
     before = p.tokens_computed
     assert p.predict(text, session="cold", quick_start=True)

@@ -73,7 +73,8 @@ class Predictor:
         self.table = TokenTable(self.tokenizer.token_bytes, self.tokenizer.special_ids)
         self.start_id = self.tokenizer.document_start_id
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._recent: dict[str, Session] = {}  # by session: recent text only, while it fills (quick_start)
+        self._recent: dict[str, tuple[int, Session]] = {}  # by session: (first token, session) of the
+        # recent text that answers while the session's whole window is being filled (quick_start)
         self._closed_tokens = 0
         self._lock = threading.RLock()  # one model call at a time; sessions are not thread-safe
 
@@ -89,7 +90,8 @@ class Predictor:
     @property
     def tokens_computed(self) -> int:
         """Tokens run through the model so far, over all sessions (for testing cache reuse)."""
-        return self._closed_tokens + sum(s.tokens_computed for s in [*self._sessions.values(), *self._recent.values()])
+        recent = [s for _, s in self._recent.values()]
+        return self._closed_tokens + sum(s.tokens_computed for s in [*self._sessions.values(), *recent])
 
     def predict(self, text_before_cursor: str, n: int = 3, session: str = "default",
                 cancelled: Callable[[], bool] | None = None, quick_start: bool = False) -> list[Suggestion]:
@@ -169,8 +171,10 @@ class Predictor:
             s = self._session(session)
             ids = self._window_ids(s, stripped)
             if quick_start and len(ids) - common_prefix_length(s.ids, ids) > QUICK_START_TOKENS:
-                s = self._recent.setdefault(session, Session(self.model))
-                ids = [self.start_id] + ids[-QUICK_START_TOKENS:]
+                # The recent text starts at a fixed token, so typing on extends its cache too.
+                start, s = self._recent.setdefault(
+                    session, (max(1, len(ids) - QUICK_START_TOKENS), Session(self.model)))
+                ids = [self.start_id] + ids[min(start, len(ids) - 1):]
             else:
                 self._drop_recent(session)
             logits = s.sync(ids, cancelled)
@@ -202,7 +206,7 @@ class Predictor:
                 self._closed_tokens += s.tokens_computed
 
     def _drop_recent(self, session: str) -> None:
-        recent = self._recent.pop(session, None)
+        _, recent = self._recent.pop(session, (0, None))
         if recent is not None:
             self._closed_tokens += recent.tokens_computed
 
