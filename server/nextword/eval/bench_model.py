@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nextword.model.loading import load_model
+from nextword.model.packed_linear import PackedLinear
 
 PREFILL_CHUNK = 256
 
@@ -58,8 +60,12 @@ def decode_step(model_path: str | Path, device: str = "cpu", dtype: str | None =
         model(torch.tensor(ids[start:end], device=dev), torch.arange(start, end, device=dev), cache, last_only=True)
     if bandwidth_gbs is None:
         bandwidth_gbs = memory_bandwidth_gbs(dev.type)
-    weights = {id(p): p.numel() * p.element_size() for p in model.parameters()}  # the tied head once
-    weight_bytes = sum(weights.values())
+    # What a step reads: every linear layer's weights, the output head included (packed ones are
+    # not parameters), and the norms; the embedding gives only a row per token.
+    element_bytes = torch.empty(0, dtype=loaded.dtype).element_size()
+    weight_bytes = sum(m.in_features * m.out_features * element_bytes for m in model.modules()
+                       if isinstance(m, (nn.Linear, PackedLinear)))
+    weight_bytes += sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "norm" in name)
     element = cache.k.element_size()
     steps = {}
     for k in new_tokens:
