@@ -79,11 +79,27 @@ def save_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        _sort_metadata_keys(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp makes files private; a model file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sort_metadata_keys(path: Path) -> None:
+    """safetensors writes the metadata keys in a random order (a Rust HashMap), so the same model
+    would give files with different checksums; rewrite the header with the keys sorted. Same
+    JSON encoder settings as safetensors', so the header keeps its length."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text.ljust(size, b" "))
 
 
 def read_model_file(path: str | Path) -> ModelFile:
