@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nextword.model.llama import Attention, KVCache, Transformer, apply_rotary
+from nextword.model.llama import Attention, KVCache, Transformer
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,7 @@ def probe_attention(model: Transformer, cache: KVCache, ids: list[int]) -> Atten
 def _attention(attn: Attention, x: Tensor, cos: Tensor, sin: Tensor, past_k: Tensor,
                past_v: Tensor) -> tuple[Tensor, Tensor]:
     """One query token's attention, written out: (output [1, dim], weights [heads, context])."""
-    q_dim, kv_dim = attn.n_heads * attn.head_dim, attn.n_kv_heads * attn.head_dim
-    qkv = attn.wqkv(x)
-    q = apply_rotary(qkv[:, :q_dim].view(1, attn.n_heads, attn.head_dim).transpose(0, 1), cos, sin)
-    k = apply_rotary(qkv[:, q_dim:q_dim + kv_dim].view(1, attn.n_kv_heads, attn.head_dim).transpose(0, 1), cos, sin)
-    v = qkv[:, q_dim + kv_dim:].view(1, attn.n_kv_heads, attn.head_dim).transpose(0, 1)
+    q, k, v = attn.project(x, cos, sin)  # [heads or kv_heads, 1, head_dim]
     keys = torch.cat([past_k, k], dim=1).float()  # [kv_heads, context, head_dim]
     values = torch.cat([past_v, v], dim=1).float()
     # Grouped-query attention: query head h reads key/value head h // group (as SDPA's enable_gqa).
@@ -68,4 +64,4 @@ def _attention(attn: Attention, x: Tensor, cos: Tensor, sin: Tensor, past_k: Ten
     q = q.float().view(attn.n_kv_heads, -1, attn.head_dim)
     weights = F.softmax(q @ keys.transpose(1, 2) / math.sqrt(attn.head_dim), dim=-1)  # [kv_heads, group, context]
     y = (weights @ values).to(x.dtype)  # [kv_heads, group, head_dim]
-    return attn.wo(y.reshape(1, q_dim)), weights.reshape(attn.n_heads, -1)
+    return attn.wo(y.reshape(1, -1)), weights.reshape(attn.n_heads, -1)

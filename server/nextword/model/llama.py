@@ -81,32 +81,35 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.dim, q_dim + 2 * kv_dim, bias=False)
         self.wo = nn.Linear(q_dim, config.dim, bias=False)
 
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of x [..., T, dim], rotated: [..., heads, T, head_dim] (keys and
+        values with kv_heads)."""
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        qkv = self.wqkv(x)
+        lead = qkv.shape[:-1]
+        # Rotate queries and keys in one go, as [..., heads + kv_heads, T, head_dim].
+        qk = qkv[..., : q_dim + kv_dim].view(*lead, -1, self.head_dim).transpose(-3, -2)
+        qk = apply_rotary(qk, cos, sin)
+        v = qkv[..., q_dim + kv_dim:].view(*lead, self.n_kv_heads, self.head_dim).transpose(-3, -2)
+        return qk[..., : self.n_heads, :, :], qk[..., self.n_heads:, :, :], v
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache_k: Tensor, cache_v: Tensor,
                 slots: Tensor, span: int, mask: Tensor | None) -> Tensor:
         T = x.shape[0]
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        qkv = self.wqkv(x)
-        # Rotate queries and keys in one go, as [heads + kv_heads, T, head_dim].
-        qk = apply_rotary(qkv[:, : q_dim + kv_dim].view(T, -1, self.head_dim).transpose(0, 1), cos, sin)
-        q, k = qk[: self.n_heads], qk[self.n_heads:]
-        v = qkv[:, q_dim + kv_dim:].view(T, self.n_kv_heads, self.head_dim).transpose(0, 1)
+        q, k, v = self.project(x, cos, sin)
         cache_k.index_copy_(1, slots, k)
         cache_v.index_copy_(1, slots, v)
         y = F.scaled_dot_product_attention(
             q.unsqueeze(0), cache_k[:, :span].unsqueeze(0), cache_v[:, :span].unsqueeze(0),
             attn_mask=mask, enable_gqa=True)
-        return self.wo(y.squeeze(0).transpose(0, 1).reshape(T, q_dim))
+        return self.wo(y.squeeze(0).transpose(0, 1).reshape(T, -1))
 
     def forward_causal(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Cache-less causal attention over a batch x: [B, T, dim] (training)."""
         B, T, _ = x.shape
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        qkv = self.wqkv(x)
-        qk = apply_rotary(qkv[..., : q_dim + kv_dim].view(B, T, -1, self.head_dim).transpose(1, 2), cos, sin)
-        q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
-        v = qkv[..., q_dim + kv_dim:].view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, q_dim))
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
