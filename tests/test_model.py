@@ -7,6 +7,7 @@ from nextword.model.loading import load_model
 from nextword.model.packed_linear import can_pack, pack_linear_layers
 from nextword.model.weights_file import read_model_file
 from nextword.predict.session import Session
+from nextword.weights.hf_convert import to_transformers
 
 PROSE = ("It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith, "
          "his chin nuzzled into his breast in an effort to escape the vile wind, slipped quickly")
@@ -23,19 +24,8 @@ def ours(default_model_path):
 
 @pytest.fixture(scope="module")
 def reference(default_model_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    file = read_model_file(default_model_path)
-    c = file.config
-    config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
-                         num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
-                         num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
-                         rms_norm_eps=c.norm_eps, max_position_embeddings=c.max_seq_len,
-                         tie_word_embeddings=c.tie_embeddings, attn_implementation="eager")
-    model = LlamaForCausalLM(config).eval()
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in file.tensors.items()}, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}
-    model.tie_weights()
-    return model
+    # Raises WeightsError unless every tensor of the file is taken and only the tied head is missing.
+    return to_transformers(read_model_file(default_model_path), attn_implementation="eager")
 
 
 def full_forward(loaded, ids):

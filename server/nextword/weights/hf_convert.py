@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from nextword.model.config import ModelConfig
-from nextword.model.weights_file import WeightsError, save_model_file
+from nextword.model.weights_file import ModelFile, WeightsError, save_model_file
 from nextword.tokenizer import Tokenizer
 from nextword.weights.dtypes import torch_dtype_of
 
@@ -27,6 +27,26 @@ def convert_hf(checkpoint: str | Path, out: str | Path, dtype: str = "bfloat16")
     print(f"writing {out}", file=sys.stderr, flush=True)
     save_model_file(out, config, tensors, tokenizer_json, source)
     return config
+
+
+def to_transformers(file: ModelFile, attn_implementation: str | None = None):
+    """The model file as transformers' LlamaForCausalLM in fp32, the way back of `convert_hf`: the
+    reference of the parity test and the naive benchmark peer. transformers is a dev dependency,
+    so it is imported here only."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    c = file.config
+    config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
+                         num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+                         num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
+                         rms_norm_eps=c.norm_eps, max_position_embeddings=c.max_seq_len,
+                         tie_word_embeddings=c.tie_embeddings, attn_implementation=attn_implementation)
+    model = LlamaForCausalLM(config).eval()
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in file.tensors.items()}, strict=False)
+    if unexpected or not set(missing) <= {"lm_head.weight"}:  # the tied head is the embedding
+        raise WeightsError(f"{file.path}: transformers' Llama does not take tensors {unexpected[:3]} "
+                           f"or misses {sorted(set(missing) - {'lm_head.weight'})[:3]}")
+    model.tie_weights()
+    return model
 
 
 def load_hf_checkpoint(checkpoint: str | Path, dtype: str = "bfloat16") -> tuple[ModelConfig, dict[str, torch.Tensor], str]:

@@ -16,23 +16,16 @@ from nextword.eval.peers.words import Vocab, distinct_words, start_beams
 from nextword.model.loading import resolve_device
 from nextword.model.weights_file import read_model_file
 from nextword.tokenizer import Tokenizer
+from nextword.weights.hf_convert import to_transformers
 
 
 class NaiveBackend:
     def __init__(self, model_path: str | Path, device: str = "cpu"):
-        from transformers import LlamaConfig, LlamaForCausalLM
         file = read_model_file(model_path)
         c = file.config
-        config = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
-                             num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
-                             num_key_value_heads=c.n_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
-                             rms_norm_eps=c.norm_eps, max_position_embeddings=c.max_seq_len,
-                             tie_word_embeddings=c.tie_embeddings)
         self.device = resolve_device(device)
-        model = LlamaForCausalLM(config).eval().requires_grad_(False)
-        model.load_state_dict({k: v.float() for k, v in file.tensors.items()}, strict=False)
-        model.tie_weights()
-        self.model = model.to(self.device)  # fp32: what a straightforward implementation loads
+        # fp32: what a straightforward implementation loads
+        self.model = to_transformers(file).requires_grad_(False).to(self.device)
         self.tokenizer = Tokenizer.from_json(file.tokenizer_json, c.bos_id, c.eos_id)
         special = self.tokenizer.special_ids
         self.vocab = Vocab([piece.decode("utf-8", "replace") if i not in special else ""
