@@ -23,7 +23,6 @@ from pathlib import Path
 
 from torch import Tensor
 
-from nextword.model.attention_map import probe_attention
 from nextword.predict.predictor import Predictor, Suggestion
 from nextword.predict.text import WORD_RE
 
@@ -115,11 +114,8 @@ def context_attention(predictor: Predictor, text_before_cursor: str, session: st
     """The attention of the prediction at the end of `text_before_cursor` over its context. Reuses
     the session's cache (what `predict` left there), so a warm session costs one decode token.
     Raises ValueError when there is no text before the cursor, Cancelled as `Predictor.prefill`."""
-    with predictor._lock:  # the predictor's sessions are not thread-safe
-        predictor.prefill(text_before_cursor, session, cancelled)
-        s = predictor._session(session)
-        ids = s.ids[:]
-        weights = probe_attention(predictor.model, s.cache, ids).weights
+    ids, attention = predictor.attention(text_before_cursor, session, cancelled)
+    weights = attention.weights
     if len(ids) < 2:
         raise ValueError("nothing to explain: there is no text before the cursor")
     # The first id is the document-start token that `Predictor` puts before every context. Like

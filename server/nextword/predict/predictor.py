@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from nextword.model.attention_map import AttentionMap, probe_attention
 from nextword.model.loading import LoadedModel, load_model
 from nextword.predict.cache_model import CACHE_MODES, DocumentCache, cache_candidates
 from nextword.predict.ranking import choose_shown
@@ -191,11 +192,24 @@ class Predictor:
 
     def prefill(self, text: str, session: str = "default", cancelled: Callable[[], bool] | None = None) -> None:
         """Warm the session's cache for this text before the next request needs it."""
+        with self._lock:
+            self._synced(text, session, cancelled)
+
+    def attention(self, text: str, session: str = "default",
+                  cancelled: Callable[[], bool] | None = None) -> tuple[list[int], AttentionMap]:
+        """The context window's token ids for this text (as `predict` sees it) and the attention
+        of the last of them over all (`probe_attention`): one decode token on a warm session."""
+        with self._lock:
+            s = self._synced(text, session, cancelled)
+            return s.ids[:], probe_attention(self.model, s.cache, s.ids)
+
+    def _synced(self, text: str, session: str, cancelled: Callable[[], bool] | None) -> Session:
+        """The session, its cache holding the context window before the word at the end of `text`."""
         context, _ = split_partial_word(_clean(text))
         context, _ = split_gap(context)
-        with self._lock:
-            s = self._session(session)
-            s.sync(self._window_ids(s, context), cancelled)
+        s = self._session(session)
+        s.sync(self._window_ids(s, context), cancelled)
+        return s
 
     def close_session(self, session: str) -> None:
         with self._lock:
