@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from nextword.eval.bench_lsp import _percentiles, run_bench
+from nextword.eval.bench_lsp import percentiles, run_bench
 
 SERVERS = ("nextword", "naive", "llamacpp")
 MODES = ("paced_120ms", "back_to_back")
@@ -87,8 +87,8 @@ def summarize(runs: list[dict]) -> dict:
         out[mode] = {}
         for kind in KINDS:
             samples = [ms for r in runs for ms in r[mode]["samples_ms"][kind]]
-            out[mode][kind] = {**_percentiles(samples), "samples_ms": samples}
-        out[mode]["all"] = _percentiles(out[mode]["word_start"]["samples_ms"] + out[mode]["in_word"]["samples_ms"])
+            out[mode][kind] = {**percentiles(samples), "samples_ms": samples}
+        out[mode]["all"] = percentiles(out[mode]["word_start"]["samples_ms"] + out[mode]["in_word"]["samples_ms"])
         out[mode]["ksr"] = round(statistics.mean(r[mode]["ksr"] for r in runs), 4)
         out[mode]["empty_answers"] = sum(r[mode]["empty_answers"] for r in runs)
         out[mode]["requests"] = sum(r[mode]["requests"] for r in runs)

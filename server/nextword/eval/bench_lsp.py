@@ -116,7 +116,7 @@ def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: 
     starts = [ms for ms, before in zip(latencies, typed_before) if _can_suggest(before)]
     inside = [ms for ms, inside_word in zip(latencies, in_word) if inside_word]
     return {"pace_ms": pace and pace * 1000, "requests": len(latencies), "empty_answers": empty,
-            "word_start_ms": _percentiles(starts), "in_word_ms": _percentiles(inside),
+            "word_start_ms": percentiles(starts), "in_word_ms": percentiles(inside),
             "ksr": _ksr(typed, shown),
             # every latency, for pooling texts and plotting CDFs (`nextword bench compare`)
             "samples_ms": {"word_start": [round(ms, 2) for ms in starts], "in_word": [round(ms, 2) for ms in inside]}}
@@ -138,7 +138,7 @@ def _ksr(typed: str, shown: list[list[str]]) -> float:
     return 1 - keystrokes / len(typed) if typed else 0.0
 
 
-def _percentiles(ms: list[float]) -> dict:
+def percentiles(ms: list[float]) -> dict:
     if not ms:
         return {"count": 0}
     xs = sorted(ms)
