@@ -163,6 +163,46 @@ def test_cancellation_stops_the_work(p):
     assert p.predict(STORY, session="c")  # the session is still usable afterwards
 
 
+def cancelled_after(checks: int):
+    """A `cancelled` callback that turns true after `checks` calls (a keystroke mid-work)."""
+    calls = iter(range(checks + 1))
+    return lambda: next(calls, None) is None
+
+
+def test_cancelling_inside_a_forward_call_keeps_the_session_correct(p):
+    """Work stops between the layers of one forward call (so a keystroke never waits for a
+    whole chunk); the half-written cache slots must not count as computed."""
+    text = STORY * 6
+    for checks in (3, 40, 75):  # inside the first chunk, between chunks, later
+        with pytest.raises(Cancelled):
+            p.prefill(text, session="cut", cancelled=cancelled_after(checks))
+    expected = p.predict(text, session="fresh")
+    assert p.predict(text, session="cut") == expected
+
+
+def test_a_cold_documents_recent_text_survives_interrupted_background_work(p):
+    """While the whole window is still being filled by background work that keystrokes keep
+    interrupting, answers keep coming from the recent text's cache, not recomputed each time."""
+    text = STORY * 12
+    assert p.predict(text, session="typing", quick_start=True)
+    for word in ("My ", "daughter, ", "go "):
+        with pytest.raises(Cancelled):
+            p.speculate(text, session="typing", cancelled=cancelled_after(2))
+        text += word
+        before = p.tokens_computed
+        assert p.predict(text, session="typing", quick_start=True)
+        assert p.tokens_computed - before <= 4 + 8 * 8
+
+
+def test_a_fully_typed_word_is_not_searched_for_rare_longer_forms(p):
+    """Once the typed letters are a whole, likely word, its longer forms far less likely than
+    it ("Parisian", "Parisis") are not worth model steps: the search stops soon."""
+    p.predict("The capital of France is ", session="w")
+    before = p.tokens_computed
+    p.predict("The capital of France is Paris", session="w")
+    assert p.tokens_computed - before <= 2 * 8  # two steps of 8 beams (it was eight steps)
+
+
 def test_searching_several_prefixes_at_once_equals_searching_each(default_model_path):
     """The speculative search for several possible next letters runs their beams in shared
     forward calls; each prefix must get exactly what its own search would give."""
@@ -176,7 +216,10 @@ def test_searching_several_prefixes_at_once_equals_searching_each(default_model_
     session = Session(loaded.model)
     logits = session.sync(context)
     prefixes = ["", "I", "wh", "Th"]
-    together = search_words(session, logits, table, " ", prefixes, n=3)
+    reported = {}
+    together = search_words(session, logits, table, " ", prefixes, n=3,
+                            on_done=lambda typed, words: reported.setdefault(typed, []).append(words))
+    assert reported == {typed: [words] for typed, words in together.items()}  # each once, when final
     for typed in prefixes:
         alone = search_words(session, logits, table, " ", [typed], n=3)[typed]
         assert [w.word for w in together[typed][:3]] == [w.word for w in alone[:3]], typed

@@ -15,10 +15,13 @@ layer is a handful of large operators rather than many small ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nextword.model.cancel import check
 from nextword.model.config import ModelConfig
 
 
@@ -160,13 +163,16 @@ class Transformer(nn.Module):
 
     @torch.inference_mode()
     def forward(self, tokens: Tensor, positions: Tensor, cache: KVCache, slots: Tensor | None = None,
-                mask: Tensor | None = None, last_only: bool = False) -> Tensor:
+                mask: Tensor | None = None, last_only: bool = False,
+                cancelled: Callable[[], bool] | None = None) -> Tensor:
         """Run new tokens through the model, storing their keys/values in `cache`.
 
         tokens, positions, slots: [T] int64 (slots default to positions).
         mask: [T, span] bool, True where a token may attend (span = the cache slots in use after
         this call); None means causal attention over slots [0, max(slots)] with slot == position.
         Returns logits [T, vocab] in fp32 (or [1, vocab] for the last token only).
+        cancelled: checked between layers; raises Cancelled when true (the cache then holds
+        partial keys/values in `slots`, which the caller must treat as not computed).
         """
         if slots is None:
             slots = positions
@@ -178,6 +184,7 @@ class Transformer(nn.Module):
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         cos, sin = self._rotary(positions)
         for i, block in enumerate(self.blocks):
+            check(cancelled)
             x = block(x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
         if last_only:
             x = x[-1:]

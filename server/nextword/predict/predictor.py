@@ -171,20 +171,22 @@ class Predictor:
         with self._lock:
             s = self._session(session)
             ids = self._window_ids(s, stripped)
-            if quick_start and len(ids) - common_prefix_length(s.ids, ids) > QUICK_START_TOKENS:
+            recent = quick_start and len(ids) - common_prefix_length(s.ids, ids) > QUICK_START_TOKENS
+            if recent:
                 # The recent text starts at a fixed token, so typing on extends its cache too.
-                start, s = self._recent.setdefault(
-                    session, (max(1, len(ids) - QUICK_START_TOKENS), Session(self.model)))
+                if session not in self._recent:
+                    self._recent[session] = (max(1, len(ids) - QUICK_START_TOKENS), Session(self.model))
+                start, s = self._recent[session]
                 ids = [self.start_id] + ids[min(start, len(ids) - 1):]
-            else:
-                self._drop_recent(session)
             logits = s.sync(ids, cancelled)
+            if not recent:
+                self._drop_recent(session)  # the whole window is cached now
             lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
             todo = [p for p in dict.fromkeys([typed, *(also or [])]) if _from_lists(lists, p, n) is None]
             if todo:
-                for prefix, found in search_words(s, logits, self.table, gap, todo, n, self.beam_width,
-                                                  cancelled).items():
+                def remember(prefix: str, found: list[WordScore]) -> None:  # as soon as it is final
                     lists[prefix] = WordList(prefix, found)
+                search_words(s, logits, self.table, gap, todo, n, self.beam_width, cancelled, on_done=remember)
             found = _from_lists(lists, typed, n)
             words = found if found is not None else lists[typed].words  # the new search had fewer than n
         sentence_start = is_sentence_start(stripped)

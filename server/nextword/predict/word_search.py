@@ -22,10 +22,11 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from nextword.predict.session import Session, check
+from nextword.predict.session import Session
 from nextword.predict.text import APOSTROPHES, WORD_RE
 
 MAX_WORD_TOKENS = 8
+NOT_WORTH_SEARCHING = math.log(1000)  # see _Group.settled
 
 
 @dataclass
@@ -106,8 +107,8 @@ class TokenTable:
 
 
 def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: str, prefixes: list[str],
-                 n: int, beam_width: int = 8,
-                 cancelled: Callable[[], bool] | None = None) -> dict[str, list[WordScore]]:
+                 n: int, beam_width: int = 8, cancelled: Callable[[], bool] | None = None,
+                 on_done: Callable[[str, list[WordScore]], None] | None = None) -> dict[str, list[WordScore]]:
     """The most likely next words after the context whose logits are `first_logits`, best first,
     for each typed prefix in `prefixes` ("" at a word start) at once.
 
@@ -116,7 +117,8 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
     preparing the lists for several possible next letters costs little more than one. Words are returned as the model spells them (case may
     differ from the prefix), without the gap. A prefix's search runs until its n best words of at
     least len(prefix) + 2 characters (shorter ones save no keystroke) are settled; shorter words
-    found on the way are returned too.
+    found on the way are returned too. `on_done(prefix, words)` is called as soon as a prefix's
+    list is final, so that work interrupted by `cancelled` keeps the lists already settled.
     """
     root = torch.log_softmax(first_logits[None], -1)
     groups = {typed: _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2) for typed in dict.fromkeys(prefixes)}
@@ -134,9 +136,8 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 firsts.append(beam)
         if not firsts:
             break
-        check(cancelled)
         logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
-                                          [b.slots for b in firsts])
+                                          [b.slots for b in firsts], cancelled)
         logprobs = torch.log_softmax(logits, -1)
         log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
         for group in groups.values():
@@ -151,8 +152,15 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 group.beams = _extend(group.beams, picked, table, group.required, beam_width)
                 if group.settled(n):
                     group.beams = []
-    return {typed: sorted((WordScore(w, v) for w, v in g.finished.items()), key=lambda w: -w.logprob)
-            for typed, g in groups.items()}
+        for typed, group in groups.items():
+            if not group.beams and on_done is not None and not group.reported:
+                group.reported = True
+                on_done(typed, group.ranked())
+    results = {typed: g.ranked() for typed, g in groups.items()}
+    for typed, words in results.items():
+        if on_done is not None and not groups[typed].reported:
+            on_done(typed, words)
+    return results
 
 
 @dataclass
@@ -162,11 +170,22 @@ class _Group:
     min_chars: int
     beams: list[Beam] = field(default_factory=list)
     finished: dict[str, float] = field(default_factory=dict)
+    reported: bool = False  # passed to on_done already
+
+    def ranked(self) -> list[WordScore]:
+        return sorted((WordScore(w, v) for w, v in self.finished.items()), key=lambda w: -w.logprob)
 
     def settled(self, n: int) -> bool:
-        """No live beam can beat the n-th best finished word: extending only lowers a score."""
+        """No live beam can beat the n-th best finished word (extending only lowers a score), or
+        none is even a thousandth as likely as the best word found: when the whole word has been
+        typed, its rare longer forms ("reached's") are not worth more model steps."""
+        if not self.beams:
+            return True
+        best_beam = self.beams[0].logprob
+        if self.finished and best_beam < max(self.finished.values()) - NOT_WORTH_SEARCHING:
+            return True
         ranked = sorted((v for w, v in self.finished.items() if len(w) >= self.min_chars), reverse=True)
-        return len(ranked) >= n and (not self.beams or self.beams[0].logprob <= ranked[n - 1])
+        return len(ranked) >= n and best_beam <= ranked[n - 1]
 
 
 def _extend(beams: list[Beam], logprobs: Tensor, table: TokenTable, required: bytes, width: int) -> list[Beam]:
