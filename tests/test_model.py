@@ -108,6 +108,32 @@ def test_packed_linear_layers_give_the_same_logits(default_model_path, dtype):
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.97
 
 
+def _mapped_files(address: int) -> list[str]:
+    """Files mapped at `address` in this process (from /proc/self/maps)."""
+    out = []
+    for line in open("/proc/self/maps"):
+        span, *rest = line.split()
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if lo <= address < hi and len(rest) >= 5:
+            out.append(rest[4])
+    return out
+
+
+def test_packed_model_reads_its_embedding_from_the_file_map(default_model_path):
+    """With the head packed into its own copy, the embedding is a lookup table read from a map of
+    the weights file (only the rows used become resident), and gives the same logits."""
+    plain = load_model(default_model_path, device="cpu")
+    packed = load_model(default_model_path, device="cpu", packed=True)
+    if not can_pack(packed.device, packed.dtype):
+        pytest.skip("oneDNN cannot pack here")
+    weight = packed.model.embed.weight
+    assert str(default_model_path.resolve()) in _mapped_files(weight.data_ptr())
+    assert str(default_model_path.resolve()) not in _mapped_files(plain.model.embed.weight.data_ptr())
+    assert torch.equal(weight, plain.model.embed.weight)
+    ids = plain.tokenizer.encode(PROSE)
+    assert (full_forward(plain, ids).argmax(-1) == full_forward(packed, ids).argmax(-1)).float().mean() > 0.97
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_bf16_agrees_with_fp32_on_top1(default_model_path, ours, dtype):
     low = load_model(default_model_path, device="cpu", dtype=dtype)

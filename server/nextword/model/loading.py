@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from nextword.model.adapter import merge_adapter, read_adapter_file
 from nextword.model.config import ModelConfig
 from nextword.model.llama import Transformer, fused_state_dict
 from nextword.model.packed_linear import can_pack, pack_linear_layers
-from nextword.model.weights_file import WeightsError, read_model_file
+from nextword.model.weights_file import WeightsError, map_tensor, read_model_file
 from nextword.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -81,4 +82,14 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     model = model.to(dev).eval().requires_grad_(False)
     if packed and can_pack(dev, dt):
         pack_linear_layers(model)  # one layer at a time, each plain copy freed as its packed one is made
+        _embedding_from_file(model, file.path)
     return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None)
+
+
+def _embedding_from_file(model: Transformer, path: Path) -> None:
+    """With the output head packed into a copy of its own, the embedding is only a lookup table
+    (a few rows per keystroke): read it from a memory map of the file instead of holding all of
+    it (57 MB for SmolLM2-135M in bf16). Only where the file stores it in the model's dtype."""
+    mapped = map_tensor(path, "model.embed_tokens.weight")
+    if mapped.dtype == model.embed.weight.dtype and mapped.shape == model.embed.weight.shape:
+        model.embed.weight = nn.Parameter(mapped, requires_grad=False)

@@ -10,6 +10,7 @@ Hugging Face checkpoint converts by copying tensors. Metadata keys:
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass
@@ -153,6 +154,19 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
                 raise ValueError(f"tensor {name} is cut short")
             tensors[name] = raw.view(_DTYPES[entry["dtype"]]).view(entry["shape"])
     return tensors
+
+
+def map_tensor(path: str | Path, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file as a view of a private memory map: its pages are read
+    when first touched, and only touched pages count in the process's memory. For a large table
+    of which little is read, such as the token embedding (a few rows per keystroke)."""
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(header_size))[name]
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable to torch, never written
+    begin, end = entry["data_offsets"]
+    raw = torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=8 + header_size + begin)
+    return raw.view(_DTYPES[entry["dtype"]]).view(entry["shape"])
 
 
 def _check_tensors(path: Path, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
