@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nextword.model.loading import load_model
-from nextword.model.packed_linear import can_pack, pack_linear_layers
+from nextword.model.packed_linear import PackedLinear, can_pack, pack_linear_layers
 from nextword.model.weights_file import read_model_file
 from nextword.predict.session import Session
 from nextword.weights.hf_convert import to_transformers
@@ -106,6 +106,20 @@ def test_packed_linear_layers_give_the_same_logits(default_model_path, dtype):
     expected, got = full_forward(plain, ids), full_forward(packed, ids)
     assert (got - expected).abs().max().item() < (MAX_LOGIT_DIFF if dtype == "float32" else 0.25)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.97
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 64])
+def test_packed_linear_pads_rows_without_changing_results(rows):
+    """PackedLinear pads the rows to a power of two (to bound oneDNN's cached kernels); the
+    padding must never show in the output."""
+    linear = torch.nn.Linear(64, 96, bias=False)
+    if not can_pack(torch.device("cpu"), torch.float32):
+        pytest.skip("oneDNN cannot pack here")
+    x = torch.randn(rows, 64)
+    with torch.inference_mode():
+        got = PackedLinear(linear)(x)
+    assert got.shape == (rows, 96)
+    assert torch.allclose(got, linear(x), atol=1e-5)
 
 
 def _mapped_files(address: int) -> list[str]:

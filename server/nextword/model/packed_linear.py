@@ -11,6 +11,7 @@ same arithmetic, only the weight's memory layout differs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 BATCH_HINT = 8  # rows per call that the layout is tuned for: the word search's beam width
@@ -24,7 +25,8 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 class PackedLinear(nn.Module):
-    """y = x W^T with W stored in oneDNN's layout (inference only: no autograd through it)."""
+    """y = x W^T with W stored in oneDNN's layout (inference only: no autograd through it).
+    x: [rows, in_features]."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -34,7 +36,15 @@ class PackedLinear(nn.Module):
         self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), BATCH_HINT)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        # oneDNN builds and caches a kernel, with scratch memory, for every row count it sees (the
+        # word search's steps have 1 to ~40 rows): ~0.5 MB each, ~100 MB in all. Padding the rows
+        # to a power of two bounds the kernels to a handful for little extra arithmetic (these
+        # small products are bound by reading the weights, not by the rows).
+        rows = x.shape[0]
+        padded = 1 << (rows - 1).bit_length()
+        if padded != rows:
+            x = F.pad(x, (0, 0, 0, padded - rows))
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")[:rows]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
