@@ -201,6 +201,9 @@ def test_a_fully_typed_word_is_not_searched_for_rare_longer_forms(p):
     before = p.tokens_computed
     p.predict("The capital of France is Paris", session="w")
     assert p.tokens_computed - before <= 2 * 8  # two steps of 8 beams (it was eight steps)
+    before = p.tokens_computed
+    p.predict("The capital of France is Paris", session="w")
+    assert p.tokens_computed == before  # what a search found, even fewer than n words, is remembered
 
 
 def test_searching_several_prefixes_at_once_equals_searching_each(default_model_path):

@@ -275,14 +275,21 @@ class Predictor:
 
 
 def _from_lists(lists: dict[str, WordList], typed: str, n: int) -> list[WordScore] | None:
-    """The words starting with `typed` from the most specific remembered list that still has n
-    of them long enough to save a keystroke, or None."""
-    usable = [wl for wl in lists.values() if typed.lower().startswith(wl.typed.lower())]
-    for wl in sorted(usable, key=lambda wl: -len(wl.typed)):
-        matching = [w for w in wl.words if w.word.lower().startswith(typed.lower())]
-        if sum(len(w.word) >= len(typed) + 2 for w in matching) >= n:
-            return matching
-    return None
+    """The remembered words starting with `typed`, best first: all a search for exactly `typed`
+    found, or else the words of the searches for shorter prefixes of it (each word's score is
+    its probability in this context, whichever search found it) when at least n of them are long
+    enough to save a keystroke. None when a new search is needed."""
+    if typed in lists:
+        return lists[typed].words
+    best: dict[str, float] = {}
+    for wl in lists.values():
+        if typed.lower().startswith(wl.typed.lower()):
+            for w in wl.words:
+                if w.word.lower().startswith(typed.lower()):
+                    best[w.word] = max(best.get(w.word, -math.inf), w.logprob)
+    if sum(len(word) >= len(typed) + 2 for word in best) < n:
+        return None
+    return sorted((WordScore(word, logprob) for word, logprob in best.items()), key=lambda w: -w.logprob)
 
 
 def _clean(text: str) -> str:
