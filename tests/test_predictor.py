@@ -157,6 +157,23 @@ def test_a_cold_document_first_answers_from_recent_text(p):
     assert len(p._sessions["cold"].ids) > QUICK_START_TOKENS and "cold" not in p._recent
 
 
+def test_typing_out_a_found_word_reuses_what_the_search_computed(p):
+    """The search ran the likeliest words' tokens after the context already; when the person
+    types one out, the next word start copies their keys/values instead of running them again,
+    and suggests what a fresh session suggests."""
+    context = STORY + STORY.split("Boaz")[0]  # "... and his name was "
+    p.predict(context, session="ext")
+    assert p.predict(context + "Bo", session="ext")[0].word == "Boaz"
+    before = p.tokens_computed
+    p.prefill(context + "Boaz ", session="ext")
+    assert p.tokens_computed == before  # copied, not computed
+    reused = p.predict(context + "Boaz ", session="ext")
+    fresh = p.predict(context + "Boaz ", session="fresh-ext")
+    assert [s.word for s in reused] == [s.word for s in fresh]
+    for a, b in zip(reused, fresh):
+        assert abs(a.probability - b.probability) < 0.02
+
+
 def test_cancellation_stops_the_work(p):
     with pytest.raises(Cancelled):
         p.predict(STORY * 20, session="c", cancelled=lambda: True)

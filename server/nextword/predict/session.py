@@ -45,6 +45,9 @@ class Session:
         # speculative look at the next word, the real request still finds its logits and lists.
         self._logits: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
         self._word_lists: OrderedDict[tuple[int, ...], dict] = OrderedDict()
+        # Words the search already ran after a context: (keys, values, logits after them) by the
+        # context + word token ids, so that typing the word costs a copy, not a forward call.
+        self._extensions: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = OrderedDict()
         self._scratch_used = 0
 
     def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
@@ -59,6 +62,9 @@ class Session:
             return self._logits[key]
         keep = min(keep, len(ids) - 1)  # recompute at least the last token to get its logits
         self._ensure_slots(len(ids) + SCRATCH_SLOTS)
+        extension = self._extensions.get(key)
+        if extension is not None and keep >= len(ids) - extension[0].shape[2]:
+            return self._extend_from(ids, *extension)
         self.ids = ids[:keep]
         while len(self.ids) < len(ids):
             chunk = ids[len(self.ids): len(self.ids) + PREFILL_CHUNK]
@@ -70,6 +76,23 @@ class Session:
             self.tokens_computed += len(chunk)
         _remember(self._logits, key, logits[-1])
         return logits[-1]
+
+    def remember_extension(self, tokens: tuple[int, ...], slots: list[int], logits: Tensor) -> None:
+        """Keep what a word search computed for `tokens` after the current context: their keys
+        and values (in scratch `slots`, soon reused) and the logits after them."""
+        index = torch.tensor(slots, device=self._device)
+        _remember(self._extensions, tuple(self.ids) + tokens,
+                  (self.cache.k[:, :, index], self.cache.v[:, :, index], logits.clone()))
+
+    def _extend_from(self, ids: list[int], k: Tensor, v: Tensor, logits: Tensor) -> Tensor:
+        """Sync to `ids` = a cached context + tokens remembered by `remember_extension`: their keys
+        and values were computed at the same positions, attending to the same tokens."""
+        start = len(ids) - k.shape[2]
+        self.cache.k[:, :, start:len(ids)] = k
+        self.cache.v[:, :, start:len(ids)] = v
+        self.ids = ids[:]
+        _remember(self._logits, tuple(ids), logits)
+        return logits
 
     def word_lists(self) -> dict:
         """The predictor's memo for the current context (candidate lists by gap and typed prefix)."""

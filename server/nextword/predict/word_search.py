@@ -146,21 +146,34 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 beam.slots = beam.slots + [slots[row]]
                 word = _decode(beam.text[gap_bytes:]) if len(beam.text) >= len(group.required) else None
                 if word and WORD_RE.fullmatch(word):
-                    group.finished[word] = _logaddexp(group.finished.get(word), beam.logprob + log_p_end[row])
+                    score = group.finished[word] = _logaddexp(group.finished.get(word), beam.logprob + log_p_end[row])
+                    if word not in group.paths and sum(v > score for v in group.finished.values()) < n:
+                        group.paths[word] = (beam.tokens, beam.slots, logits[row].clone())
             if group.beams:
                 picked = logprobs[[rows[b.tokens] for b in group.beams]]
                 group.beams = _extend(group.beams, picked, table, group.required, beam_width)
                 if group.settled(n):
                     group.beams = []
         for typed, group in groups.items():
-            if not group.beams and on_done is not None and not group.reported:
-                group.reported = True
-                on_done(typed, group.ranked())
-    results = {typed: g.ranked() for typed, g in groups.items()}
-    for typed, words in results.items():
-        if on_done is not None and not groups[typed].reported:
-            on_done(typed, words)
-    return results
+            if not group.beams and not group.reported:
+                _report(session, typed, group, n, on_done)
+    for typed, group in groups.items():
+        if not group.reported:
+            _report(session, typed, group, n, on_done)
+    return {typed: g.ranked() for typed, g in groups.items()}
+
+
+def _report(session: Session, typed: str, group: _Group, n: int,
+            on_done: Callable[[str, list[WordScore]], None] | None) -> None:
+    """A prefix's list is final: hand it on, and let the session keep what was computed for its
+    n likeliest words (the person may type one of them out next: `Session.remember_extension`)."""
+    group.reported = True
+    ranked = group.ranked()
+    for w in ranked[:n]:
+        if w.word in group.paths:
+            session.remember_extension(*group.paths[w.word])
+    if on_done is not None:
+        on_done(typed, ranked)
 
 
 @dataclass
@@ -171,6 +184,9 @@ class _Group:
     beams: list[Beam] = field(default_factory=list)
     finished: dict[str, float] = field(default_factory=dict)
     reported: bool = False  # passed to on_done already
+    # word -> (tokens, their scratch slots, logits after them) of its first (shortest, usually the
+    # tokenizer's own) spelling, kept for words among the n best when found
+    paths: dict[str, tuple[tuple[int, ...], list[int], Tensor]] = field(default_factory=dict)
 
     def ranked(self) -> list[WordScore]:
         return sorted((WordScore(w, v) for w, v in self.finished.items()), key=lambda w: -w.logprob)
