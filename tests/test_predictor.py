@@ -174,6 +174,21 @@ def test_typing_out_a_found_word_reuses_what_the_search_computed(p):
         assert abs(a.probability - b.probability) < 0.02
 
 
+def test_no_cache_slot_is_read_before_it_is_written(p):
+    """The KV cache is left uninitialised (llama.KVCache); filled with NaN instead, predictions
+    must not change (a NaN read anywhere, even under the attention mask, spreads to every logit)."""
+    def typing(session: str) -> list:
+        texts = (STORY, STORY + "Boaz said to he", STORY + "Boaz said to her, ")  # sync, search, reuse
+        return [[(s.word, s.probability) for s in p.predict(t, session=session)] for t in texts]
+
+    expected = typing("clean")
+    poisoned = p._session("nan")
+    poisoned._ensure_slots(4096)
+    poisoned.cache.k.fill_(float("nan"))
+    poisoned.cache.v.fill_(float("nan"))
+    assert typing("nan") == expected
+
+
 def test_cancellation_stops_the_work(p):
     with pytest.raises(Cancelled):
         p.predict(STORY * 20, session="c", cancelled=lambda: True)
