@@ -29,7 +29,7 @@ from nextword.model.attention_map import AttentionMap, probe_attention
 from nextword.model.loading import LoadedModel, load_model
 from nextword.predict.cache_model import CACHE_MODES, DocumentCache, cache_candidates
 from nextword.predict.ranking import choose_shown
-from nextword.predict.session import PREFILL_CHUNK, Cancelled, Session, common_prefix_length
+from nextword.predict.session import Cancelled, Session, common_prefix_length
 from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
                                    split_gap, split_partial_word)
 from nextword.predict.word_search import TokenTable, WordScore, search_words
@@ -178,8 +178,7 @@ class Predictor:
                     self._recent[session] = (max(1, len(ids) - QUICK_START_TOKENS), Session(self.model))
                 start, s = self._recent[session]
                 ids = [self.start_id] + ids[min(start, len(ids) - 1):]
-            # The recent text is what a waiting request needs: in one call, not background-sized chunks.
-            logits = s.sync(ids, cancelled, chunk_tokens=QUICK_START_TOKENS + 1 if recent else PREFILL_CHUNK)
+            logits = s.sync(ids, cancelled)
             if not recent:
                 self._drop_recent(session)  # the whole window is cached now
             lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})

@@ -50,10 +50,8 @@ class Session:
         self._extensions: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = OrderedDict()
         self._scratch_used = 0
 
-    def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None,
-             chunk_tokens: int = PREFILL_CHUNK) -> Tensor:
-        """Make the cache hold exactly `ids`; return the next-token logits after them. Tokens not
-        cached yet run `chunk_tokens` per forward call."""
+    def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
+        """Make the cache hold exactly `ids`; return the next-token logits after them."""
         if not ids:
             raise ValueError("a session needs at least one token of context")
         key = tuple(ids)
@@ -69,7 +67,7 @@ class Session:
             return self._extend_from(ids, *extension)
         self.ids = ids[:keep]
         while len(self.ids) < len(ids):
-            chunk = ids[len(self.ids): len(self.ids) + chunk_tokens]
+            chunk = ids[len(self.ids): len(self.ids) + PREFILL_CHUNK]
             start = len(self.ids)
             positions = torch.arange(start, start + len(chunk), device=self._device)
             logits = self.model(torch.tensor(chunk, device=self._device), positions, self.cache, last_only=True,
