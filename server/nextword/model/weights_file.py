@@ -15,6 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -93,8 +94,8 @@ def _sort_metadata_keys(path: Path) -> None:
     would give files with different checksums; rewrite the header with the keys sorted. Same
     JSON encoder settings as safetensors', so the header keeps its length."""
     with open(path, "r+b") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
+        header, data_start = _read_header(f)
+        size = data_start - 8
         if "__metadata__" in header:
             header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
@@ -141,9 +142,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     once. Plain reads make each tensor ordinary memory, freed as soon as it is replaced."""
     tensors = {}
     with open(path, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
-        data_start = 8 + header_size
+        header, data_start = _read_header(f)
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
@@ -152,7 +151,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             f.seek(data_start + begin)
             if f.readinto(raw.numpy()) != end - begin:
                 raise ValueError(f"tensor {name} is cut short")
-            tensors[name] = raw.view(_DTYPES[entry["dtype"]]).view(entry["shape"])
+            tensors[name] = _as_stored(raw, entry)
     return tensors
 
 
@@ -161,11 +160,23 @@ def map_tensor(path: str | Path, name: str) -> torch.Tensor:
     when first touched, and only touched pages count in the process's memory. For a large table
     of which little is read, such as the token embedding (a few rows per keystroke)."""
     with open(path, "rb") as f:
-        header_size = int.from_bytes(f.read(8), "little")
-        entry = json.loads(f.read(header_size))[name]
+        header, data_start = _read_header(f)
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable to torch, never written
+    entry = header[name]
     begin, end = entry["data_offsets"]
-    raw = torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=8 + header_size + begin)
+    return _as_stored(torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=data_start + begin), entry)
+
+
+def _read_header(f: BinaryIO) -> tuple[dict, int]:
+    """A safetensors file's JSON header (tensor entries and "__metadata__") and the offset where
+    the tensor data starts; reads from the start of the open file."""
+    f.seek(0)
+    size = int.from_bytes(f.read(8), "little")
+    return json.loads(f.read(size)), 8 + size
+
+
+def _as_stored(raw: torch.Tensor, entry: dict) -> torch.Tensor:
+    """A tensor's raw bytes viewed with the dtype and shape of its header entry."""
     return raw.view(_DTYPES[entry["dtype"]]).view(entry["shape"])
 
 
