@@ -187,8 +187,8 @@ class Predictor:
                 def remember(prefix: str, found: list[WordScore]) -> None:  # as soon as it is final
                     lists[prefix] = WordList(prefix, found)
                 search_words(s, logits, self.table, gap, todo, n, self.beam_width, cancelled, on_done=remember)
-            found = _from_lists(lists, typed, n)
-            words = found if found is not None else lists[typed].words  # the new search had fewer than n
+            words = _from_lists(lists, typed, n)
+            assert words is not None  # a search for `typed` has just been listed, if none was before
         sentence_start = is_sentence_start(stripped)
         return context, typed, [(apply_casing(w.word, typed, sentence_start), math.exp(w.logprob)) for w in words]
 

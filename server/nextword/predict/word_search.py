@@ -154,26 +154,28 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 group.beams = _extend(group.beams, picked, table, group.required, beam_width)
                 if group.settled(n):
                     group.beams = []
-        for typed, group in groups.items():
-            if not group.beams and not group.reported:
-                _report(session, typed, group, n, on_done)
-    for typed, group in groups.items():
-        if not group.reported:
-            _report(session, typed, group, n, on_done)
+        _report_final(session, groups, n, on_done)
+    for group in groups.values():
+        group.beams = []  # out of steps: what was found is final
+    _report_final(session, groups, n, on_done)
     return {typed: g.ranked() for typed, g in groups.items()}
 
 
-def _report(session: Session, typed: str, group: _Group, n: int,
-            on_done: Callable[[str, list[WordScore]], None] | None) -> None:
-    """A prefix's list is final: hand it on, and let the session keep what was computed for its
-    n likeliest words (the person may type one of them out next: `Session.remember_extension`)."""
-    group.reported = True
-    ranked = group.ranked()
-    for w in ranked[:n]:
-        if w.word in group.paths:
-            session.remember_extension(*group.paths[w.word])
-    if on_done is not None:
-        on_done(typed, ranked)
+def _report_final(session: Session, groups: dict[str, _Group], n: int,
+                  on_done: Callable[[str, list[WordScore]], None] | None) -> None:
+    """For each prefix whose list just became final (no live beams): hand it on, and let the
+    session keep what was computed for its n likeliest words (the person may type one of them
+    out next: `Session.remember_extension`)."""
+    for typed, group in groups.items():
+        if group.beams or group.reported:
+            continue
+        group.reported = True
+        ranked = group.ranked()
+        for w in ranked[:n]:
+            if w.word in group.paths:
+                session.remember_extension(*group.paths[w.word])
+        if on_done is not None:
+            on_done(typed, ranked)
 
 
 @dataclass
