@@ -88,6 +88,38 @@ def test_typing_inside_a_word_reuses_the_word_start_list(p):
     assert p.tokens_computed == before  # served from the ranked list: no model work
 
 
+def test_prepared_answers_are_what_predict_answers_without_the_model(p):
+    assert p.prepared(STORY, session="doc") is None  # nothing prepared yet
+    at_start = p.predict(STORY, session="doc")
+    in_word = p.predict(STORY + "th", session="doc")
+    p.predict(STORY + at_start[0].word + " ", session="doc")  # the session moves on to the next word
+    before = p.tokens_computed
+    assert p.prepared(STORY, session="doc") == at_start  # the earlier context is still remembered
+    assert p.prepared(STORY + "th", session="doc") == in_word
+    assert p.prepared(STORY + "Zq", session="doc") is None  # a new search is needed
+    assert p.prepared(STORY, session="other") is None
+    assert p.tokens_computed == before
+
+
+def test_prepared_answers_do_not_wait_for_a_model_call_in_progress(p):
+    import threading
+    expected = p.predict(STORY, session="doc")
+    holding, release = threading.Event(), threading.Event()
+
+    def model_call() -> None:  # stands for a long model call on the server's worker thread
+        with p._lock:
+            holding.set()
+            release.wait(10)
+    worker = threading.Thread(target=model_call)
+    worker.start()
+    try:
+        assert holding.wait(10)
+        assert p.prepared(STORY, session="doc") == expected
+    finally:
+        release.set()
+        worker.join()
+
+
 def test_a_prefix_the_list_does_not_cover_searches_again(p):
     p.predict(STORY, session="doc")
     before = p.tokens_computed

@@ -78,6 +78,17 @@ class Engine:
             stop.set()
             raise
 
+    def answer_now(self, document: str, kind: str, lookup: Callable[[Predictor], T | None]) -> T | None:
+        """`lookup(predictor)` on the calling thread, for answers that need no model call
+        (`Predictor.prepared`): a prepared answer then never waits for the worker, which may be
+        busy with background work. An answer counts as the newest `kind` request for `document`:
+        older requests still in flight and the background work are superseded, as by `run`."""
+        predictor = self.predictor
+        answer = lookup(predictor) if predictor is not None and self.ready else None
+        if answer is not None:
+            self._newest[document, kind] = self._latest[document] = next(self._jobs)
+        return answer
+
     def start(self, document: str, work: Callable[[Predictor, CancelCheck], object]) -> None:
         """Run work in the background for `document` until any newer job for it comes."""
         self._submit(document, "background", work, threading.Event()).add_done_callback(_log_failure)
@@ -134,6 +145,10 @@ class Engine:
             return work(predictor, cancelled)
 
         return self._executor.submit(call)
+
+
+def prepared(text: str, n: int, session: str) -> Callable[[Predictor], list[Suggestion] | None]:
+    return lambda predictor: predictor.prepared(text, n, session=session)
 
 
 def suggest(text: str, n: int, session: str) -> Callable[[Predictor, CancelCheck], list[Suggestion]]:

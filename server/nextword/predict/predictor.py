@@ -11,7 +11,8 @@ Per request:
 3. At a word start, search for the best words and remember the ranked list; while the person types
    inside that word, filter the list by the typed prefix and search again only when fewer than
    n candidates are left.
-Between requests, `speculate` prepares the likeliest next ones in the same memo.
+Between requests, `speculate` prepares the likeliest next ones in the same memo, and `prepared`
+reads an answer from that memo without the model (for a server thread that must not wait for it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from nextword.model.attention_map import AttentionMap, probe_attention
 from nextword.model.loading import LoadedModel, load_model
 from nextword.predict.cache_model import CACHE_MODES, DocumentCache, cache_candidates
 from nextword.predict.ranking import choose_shown
-from nextword.predict.session import Cancelled, Session, common_prefix_length
+from nextword.predict.session import Cancelled, Session, common_prefix_length, remember
 from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
                                    split_gap, split_partial_word)
 from nextword.predict.word_search import TokenTable, WordScore, search_words
@@ -78,6 +79,7 @@ class Predictor:
         # recent text that answers while the session's whole window is being filled (quick_start)
         self._closed_tokens = 0
         self._lock = threading.RLock()  # one model call at a time; sessions are not thread-safe
+        self._caches_lock = threading.Lock()  # the cache model's counts, apart: `prepared` needs them
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "auto", dtype: str | torch.dtype | None = None,
@@ -102,6 +104,44 @@ class Predictor:
         cache yet (a document just opened), answer from that much recent text instead of waiting
         for the whole window; for callers that fill the cache in the background (`speculate`)."""
         context, typed, words = self._words_at(text_before_cursor, n, session, cancelled, quick_start=quick_start)
+        return self._shown(context, typed, words, n, session)
+
+    def prepared(self, text_before_cursor: str, n: int = 3, session: str = "default") -> list[Suggestion] | None:
+        """What `predict` would answer, when earlier calls (`speculate` between keystrokes) have
+        prepared it: the context's word lists are remembered and no search is needed. None
+        otherwise. Never runs the model and never waits for it: safe to call from another thread
+        while a model call is in progress (it only reads the memo, whose entries are never
+        changed once written)."""
+        context, typed = split_partial_word(_clean(text_before_cursor))
+        stripped, gap = split_gap(context)
+        memo = self._prepared_memo(stripped, session)
+        words = _from_lists(memo.get(gap, {}), typed, n) if memo is not None else None
+        if words is None:
+            return None
+        return self._shown(context, typed, _cased(words, typed, stripped), n, session)
+
+    def _prepared_memo(self, context: str, session: str) -> dict | None:
+        """The word-list memo of the context window `_window_ids` would pick for `context`, if the
+        session has one; read without the lock (each read is atomic, and a window start that just
+        moved finds no tokens for its text, or the memo of that same text's window)."""
+        s = self._sessions.get(session)
+        if s is None:
+            return None
+        start = s.window_start
+        ids = s.encoded.get(context[start:]) if start <= len(context) else None
+        budget = self.max_context_tokens - 1
+        if ids is None or len(ids) > budget or len(context) - start > budget * CHARS_PER_TOKEN * 2:
+            return None  # not the window `_window_ids` would use now
+        window = [self.start_id] + ids
+        memo = s.remembered_word_lists(window)
+        recent = self._recent.get(session)
+        if memo is None and recent is not None:  # a document just opened: its recent text's memo
+            first, recent_session = recent
+            memo = recent_session.remembered_word_lists([self.start_id] + window[min(first, len(window) - 1):])
+        return memo
+
+    def _shown(self, context: str, typed: str, words: list[tuple[str, float]], n: int,
+               session: str) -> list[Suggestion]:
         cached = self._cache_candidates(context, typed, session)
         return [Suggestion(word, prob) for word, prob in choose_shown(words, typed, n, cached)]
 
@@ -119,7 +159,7 @@ class Predictor:
         """The cache model's words for this cursor, after counting the session's text so far."""
         if self.cache_model == "off":
             return None
-        with self._lock:
+        with self._caches_lock:
             cache = self._caches.get(session)
             if cache is None:
                 cache = self._caches[session] = DocumentCache()
@@ -184,13 +224,12 @@ class Predictor:
             lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
             todo = [p for p in dict.fromkeys([typed, *(also or [])]) if _from_lists(lists, p, n) is None]
             if todo:
-                def remember(prefix: str, found: list[WordScore]) -> None:  # as soon as it is final
+                def keep(prefix: str, found: list[WordScore]) -> None:  # as soon as it is final
                     lists[prefix] = WordList(prefix, found)
-                search_words(s, logits, self.table, gap, todo, n, self.beam_width, cancelled, on_done=remember)
+                search_words(s, logits, self.table, gap, todo, n, self.beam_width, cancelled, on_done=keep)
             words = _from_lists(lists, typed, n)
             assert words is not None  # a search for `typed` has just been listed, if none was before
-        sentence_start = is_sentence_start(stripped)
-        return context, typed, [(apply_casing(w.word, typed, sentence_start), math.exp(w.logprob)) for w in words]
+        return context, typed, _cased(words, typed, stripped)
 
     def prefill(self, text: str, session: str = "default", cancelled: Callable[[], bool] | None = None) -> None:
         """Warm the session's cache for this text before the next request needs it."""
@@ -216,7 +255,8 @@ class Predictor:
     def close_session(self, session: str) -> None:
         with self._lock:
             s = self._sessions.pop(session, None)
-            self._caches.pop(session, None)
+            with self._caches_lock:
+                self._caches.pop(session, None)
             self._drop_recent(session)
             if s is not None:
                 self._closed_tokens += s.tokens_computed
@@ -259,9 +299,11 @@ class Predictor:
     def _encode(self, s: Session, text: str) -> list[int]:
         """Token ids of `text`, remembered: every keystroke inside a word has the same context,
         and tokenizing a full window costs about a millisecond."""
-        if s.encoded[0] != text:
-            s.encoded = (text, self.tokenizer.encode(text))
-        return s.encoded[1]
+        ids = s.encoded.get(text)
+        if ids is None:
+            ids = self.tokenizer.encode(text)
+        remember(s.encoded, text, ids)
+        return ids
 
     @staticmethod
     def _window_start(context: str, earliest: int) -> int:
@@ -282,7 +324,7 @@ def _from_lists(lists: dict[str, WordList], typed: str, n: int) -> list[WordScor
     if typed in lists:
         return lists[typed].words
     best: dict[str, float] = {}
-    for wl in lists.values():
+    for wl in list(lists.values()):  # a copy: the model's thread may add a list meanwhile (`prepared`)
         if typed.lower().startswith(wl.typed.lower()):
             for w in wl.words:
                 if w.word.lower().startswith(typed.lower()):
@@ -290,6 +332,12 @@ def _from_lists(lists: dict[str, WordList], typed: str, n: int) -> list[WordScor
     if sum(len(word) >= len(typed) + 2 for word in best) < n:
         return None
     return sorted((WordScore(word, logprob) for word, logprob in best.items()), key=lambda w: -w.logprob)
+
+
+def _cased(words: list[WordScore], typed: str, context: str) -> list[tuple[str, float]]:
+    """The words spelled as they would be typed here (see `apply_casing`), with probabilities."""
+    sentence_start = is_sentence_start(context)
+    return [(apply_casing(w.word, typed, sentence_start), math.exp(w.logprob)) for w in words]
 
 
 def _clean(text: str) -> str:

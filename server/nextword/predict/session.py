@@ -16,7 +16,7 @@ from torch import Tensor
 from nextword.model.cancel import Cancelled
 from nextword.model.llama import KVCache, Transformer
 
-__all__ = ["Cancelled", "Session", "common_prefix_length"]
+__all__ = ["Cancelled", "Session", "common_prefix_length", "remember"]
 
 PREFILL_CHUNK = 64  # tokens per forward call while prefilling: ~60 ms, so that the background
 # prefill of a document being typed in gets a chunk done between keystrokes (and 64-token chunks
@@ -39,7 +39,9 @@ class Session:
         self.cache: KVCache | None = None  # allocated on first use, grown as needed
         self.ids: list[int] = []  # tokens whose keys/values are valid in cache slots [0, len(ids))
         self.window_start = 0  # character offset of the context window in the document
-        self.encoded: tuple[str, list[int]] = ("", [])  # the predictor's last tokenized window text
+        # The predictor's recently tokenized window texts: speculation goes back and forth between
+        # the text typed and the text after the likeliest next word.
+        self.encoded: OrderedDict[str, list[int]] = OrderedDict()
         self.tokens_computed = 0  # every token run through the model for this session
         # Results by context, so that going back to a context seen moments ago is free: after a
         # speculative look at the next word, the real request still finds its logits and lists.
@@ -74,14 +76,14 @@ class Session:
                                 cancelled=cancelled)
             self.ids.extend(chunk)
             self.tokens_computed += len(chunk)
-        _remember(self._logits, key, logits[-1])
+        remember(self._logits, key, logits[-1])
         return logits[-1]
 
     def remember_extension(self, tokens: tuple[int, ...], slots: list[int], logits: Tensor) -> None:
         """Keep what a word search computed for `tokens` after the current context: their keys
         and values (in scratch `slots`, soon reused) and the logits after them."""
         index = torch.tensor(slots, device=self._device)
-        _remember(self._extensions, tuple(self.ids) + tokens,
+        remember(self._extensions, tuple(self.ids) + tokens,
                   (self.cache.k[:, :, index], self.cache.v[:, :, index], logits.clone()))
 
     def _extend_from(self, ids: list[int], k: Tensor, v: Tensor, logits: Tensor) -> Tensor:
@@ -91,16 +93,21 @@ class Session:
         self.cache.k[:, :, start:len(ids)] = k
         self.cache.v[:, :, start:len(ids)] = v
         self.ids = ids[:]
-        _remember(self._logits, tuple(ids), logits)
+        remember(self._logits, tuple(ids), logits)
         return logits
 
     def word_lists(self) -> dict:
         """The predictor's memo for the current context (candidate lists by gap and typed prefix)."""
         key = tuple(self.ids)
         if key not in self._word_lists:
-            _remember(self._word_lists, key, {})
+            remember(self._word_lists, key, {})
         self._word_lists.move_to_end(key)
         return self._word_lists[key]
+
+    def remembered_word_lists(self, ids: list[int]) -> dict | None:
+        """The memo `word_lists` made for the context `ids`, if it is still remembered; changes
+        nothing (see `Predictor.prepared`)."""
+        return self._word_lists.get(tuple(ids))
 
     def tree_step(self, tokens: list[int], depths: list[int], ancestors: list[list[int]],
                   cancelled: Callable[[], bool] | None = None) -> tuple[Tensor, list[int]]:
@@ -145,7 +152,9 @@ class Session:
             self.cache.grow(max(slots, self.cache.slots * 3 // 2))
 
 
-def _remember(memo: OrderedDict, key, value) -> None:
+def remember(memo: OrderedDict, key, value) -> None:
+    """Keep `value` in a memo of the REMEMBERED_CONTEXTS most recently used keys."""
     memo[key] = value
+    memo.move_to_end(key)
     while len(memo) > REMEMBERED_CONTEXTS:
         memo.popitem(last=False)
