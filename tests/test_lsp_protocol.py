@@ -214,6 +214,27 @@ def read_frame(stream) -> dict:
     return json.loads(stream.read(length))
 
 
+def test_stdin_from_a_file(tmp_path):
+    """Stdin that the event loop cannot watch (a file; a terminal alike) is read by a thread."""
+    script = tmp_path / "session.lsp"
+    script.write_bytes(b"".join(frame(m) for m in [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"processId": None, "capabilities": {}}},
+        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+        {"jsonrpc": "2.0", "id": 2, "method": "shutdown"},
+        {"jsonrpc": "2.0", "method": "exit"}]))
+    with script.open("rb") as stdin:
+        proc = subprocess.Popen([sys.executable, "-m", "nextword", "serve", "--model", MISSING, "--log-level", "ERROR"],
+                                stdin=stdin, stdout=subprocess.PIPE)
+        answers = []
+        while len(answers) < 2:
+            message = read_frame(proc.stdout)
+            if "id" in message and "method" not in message:
+                answers.append(message)
+        assert proc.wait(30) == 0
+    assert "capabilities" in answers[0]["result"]
+    assert answers[1] == {"jsonrpc": "2.0", "id": 2, "result": None}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

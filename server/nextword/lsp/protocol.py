@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 from typing import Any
@@ -188,12 +189,22 @@ async def read_stream(reader: asyncio.StreamReader, protocol: NextwordProtocol) 
         protocol.handle_body(body)
 
 
-def stdin_reader() -> asyncio.StreamReader:
-    """An asyncio reader over stdin, fed by a daemon thread (works for pipes, files and
-    terminals alike, and never keeps the process alive after `exit`)."""
+async def stdin_reader() -> asyncio.StreamReader:
+    """An asyncio reader over stdin. A pipe or socket of its own (how editors start a server)
+    is watched by the event loop itself. Anything else is read by a daemon thread that feeds
+    the reader: the loop cannot watch a file, and making a terminal (or a socket that is also
+    stdout) non-blocking would make writes to stdout fail. The thread costs a hand-over between
+    threads per message, ~0.3 ms at typing pace (a third of an echo's round trip)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     fd = sys.stdin.buffer.fileno()
+    stdin, stdout = os.fstat(fd), os.fstat(sys.stdout.buffer.fileno())
+    own_stream = (stat.S_ISFIFO(stdin.st_mode) or stat.S_ISSOCK(stdin.st_mode)) and (
+        (stdin.st_dev, stdin.st_ino) != (stdout.st_dev, stdout.st_ino))
+    if own_stream:
+        pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        return reader
 
     def pump() -> None:
         try:

@@ -55,7 +55,7 @@ class NextwordServer(LanguageServer):
     def serve_stdio(self) -> int:
         async def run() -> None:
             self.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
-            await read_stream(stdin_reader(), self.protocol)
+            await read_stream(await stdin_reader(), self.protocol)
         return self._serve(run())
 
     def serve_tcp(self, host: str, port: int) -> int:

@@ -126,7 +126,7 @@ def serve_stdio(name: str, load: Callable[[], Backend], n: int, max_context_toke
 
     async def run() -> None:
         server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
-        await read_stream(stdin_reader(), server.protocol)
+        await read_stream(await stdin_reader(), server.protocol)
 
     try:
         asyncio.run(run())
