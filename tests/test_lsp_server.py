@@ -134,6 +134,20 @@ async def test_inline_completion(client: LanguageClient, predictor):
     predictor.close_session("test-expected")
 
 
+async def test_prepared_ghost_text_is_the_computed_one(predictor):
+    """Ghost text answered on the event loop (from what speculation prepared) is what the model
+    thread computes; where anything is not prepared, the model thread is asked."""
+    from nextword.lsp.server import _ghost_text, _prepared_ghost_text
+    context, session = "The capital of France is Pa", "test-ghost"
+    assert _prepared_ghost_text(context, "Pa", session)(predictor) is None  # nothing prepared yet
+    computed = _ghost_text(context, "Pa", session)(predictor, lambda: False)
+    assert computed and computed.startswith("Paris")
+    before = predictor.tokens_computed
+    assert _prepared_ghost_text(context, "Pa", session)(predictor) == (computed,)
+    assert predictor.tokens_computed == before
+    predictor.close_session(session)
+
+
 async def test_incremental_edits_keep_the_text_identical(client: LanguageClient, predictor):
     uri = "file:///edits.md"
     open_doc(client, uri, "First line here.\nSecond line.\r\nThird line of text")

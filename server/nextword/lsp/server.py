@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import logging
 import sys
+from collections.abc import Callable
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -22,7 +23,7 @@ from pygls.lsp.server import LanguageServer
 from nextword import __version__
 from nextword.model.weights_file import WeightsError
 from nextword.predict.explain import context_attention
-from nextword.predict.predictor import Predictor
+from nextword.predict.predictor import Predictor, Suggestion
 from nextword.predict.session import Cancelled
 
 from .completion import CONFIDENT, MAX_INLINE_WORDS, completion_items, cursor_at, explained_item
@@ -327,31 +328,61 @@ async def inline_completion(ls: NextwordServer, params: types.InlineCompletionPa
         return types.InlineCompletionList(items=[])
     replace = types.Range(start=doc.position_at(cursor.start), end=doc.position_at(offset))
     context = ls.engine.context(doc.uri, doc.text, offset)
-    try:
-        text = await ls.engine.run(doc.uri, "inline", _ghost_text(context, cursor.typed, doc.uri))
-    except Cancelled:
-        return types.InlineCompletionList(items=[])
+    prepared_text = ls.engine.answer_now(doc.uri, "inline", _prepared_ghost_text(context, cursor.typed, doc.uri))
+    if prepared_text is not None:
+        (text,) = prepared_text
+    else:
+        try:
+            text = await ls.engine.run(doc.uri, "inline", _ghost_text(context, cursor.typed, doc.uri))
+        except Cancelled:
+            return types.InlineCompletionList(items=[])
     ls.warm_after_answer(doc, offset)
     items = [types.InlineCompletionItem(insert_text=text, range=replace)] if text else []
     return types.InlineCompletionList(items=items)
 
 
 def _ghost_text(context: str, typed: str, session: str):
-    """The best word for the cursor, then the words after it while the model is confident."""
+    """The ghost text for the cursor, computed by the model."""
     def work(predictor: Predictor, cancelled: CancelCheck) -> str | None:
-        best = predictor.predict(context, 1, session=session, cancelled=cancelled)
-        if not best:
-            return None
-        words = best
-        text = context[:len(context) - len(typed)] + best[0].word
-        while len(words) < MAX_INLINE_WORDS and words[-1].probability >= CONFIDENT:
-            nxt = predictor.predict(text + " ", 1, session=session, cancelled=cancelled)
-            if not nxt or nxt[0].probability < CONFIDENT:
-                break
-            words.append(nxt[0])
-            text += " " + nxt[0].word
-        return " ".join(w.word for w in words)
+        return _ghost(context, typed, lambda text: predictor.predict(text, 1, session=session, cancelled=cancelled))
     return work
+
+
+class _NotPrepared(Exception):
+    pass
+
+
+def _prepared_ghost_text(context: str, typed: str, session: str):
+    """The ghost text for the cursor, when every word of it is prepared (`Predictor.prepared`);
+    as a 1-tuple, since no ghost text (None) is an answer too."""
+    def best(predictor: Predictor, text: str) -> list[Suggestion]:
+        found = predictor.prepared(text, 1, session=session)
+        if found is None:
+            raise _NotPrepared
+        return found
+
+    def lookup(predictor: Predictor) -> tuple[str | None] | None:
+        try:
+            return (_ghost(context, typed, lambda text: best(predictor, text)),)
+        except _NotPrepared:
+            return None
+    return lookup
+
+
+def _ghost(context: str, typed: str, best: Callable[[str], list[Suggestion]]) -> str | None:
+    """The best word for the cursor, then the words after it while the model is confident.
+    best(text): the best word at the end of `text`, as a list of one (or none)."""
+    words = best(context)
+    if not words:
+        return None
+    text = context[:len(context) - len(typed)] + words[0].word
+    while len(words) < MAX_INLINE_WORDS and words[-1].probability >= CONFIDENT:
+        nxt = best(text + " ")
+        if not nxt or nxt[0].probability < CONFIDENT:
+            break
+        words.append(nxt[0])
+        text += " " + nxt[0].word
+    return " ".join(w.word for w in words)
 
 
 @server.command("nextword.status")
