@@ -10,6 +10,7 @@ import itertools
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +23,7 @@ class LspProcess:
         self.configuration = configuration or {}  # answers workspace/configuration by section
         self.notifications: list[dict] = []
         self._responses: dict[Any, dict] = {}
+        self.arrived: dict[Any, float] = {}  # response id -> time.perf_counter() when it was read
         self._changed = threading.Condition()
         self._ids = itertools.count(1)
         self._write_lock = threading.Lock()
@@ -82,6 +84,7 @@ class LspProcess:
             if not line or length is None:
                 break
             message = json.loads(out.read(length))
+            arrived = time.perf_counter()
             if "method" in message and "id" in message:
                 self.send({"jsonrpc": "2.0", "id": message["id"], "result": self._answer(message)})
             with self._changed:
@@ -89,6 +92,7 @@ class LspProcess:
                     self.notifications.append(message)
                 else:
                     self._responses[message.get("id")] = message
+                    self.arrived[message.get("id")] = arrived
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
