@@ -3,7 +3,7 @@
 import pytest
 
 from nextword import Predictor, Suggestion
-from nextword.predict.predictor import QUICK_START_TOKENS
+from nextword.predict.predictor import QUICK_START_TOKENS, SPECULATED_LETTERS
 from nextword.predict.session import Cancelled
 from nextword.predict.text import split_partial_word
 
@@ -118,6 +118,16 @@ def test_prepared_answers_do_not_wait_for_a_model_call_in_progress(p):
     finally:
         release.set()
         worker.join()
+
+
+def test_speculation_at_a_word_start_prepares_the_likeliest_first_letters(p):
+    odds = p._first_letter_odds(STORY, "doc")
+    assert 0 < sum(odds.values()) <= 1.0001
+    p.speculate(STORY, session="doc")
+    before = p.tokens_computed
+    for letter in sorted(odds, key=odds.get, reverse=True)[:SPECULATED_LETTERS]:
+        assert p.prepared(STORY + letter, session="doc") == p.predict(STORY + letter, session="doc")
+    assert p.tokens_computed == before
 
 
 def test_a_prefix_the_list_does_not_cover_searches_again(p):

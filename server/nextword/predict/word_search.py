@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -104,6 +105,14 @@ class TokenTable:
             out.append(self._by_prefix[lo])
             lo += 1
         return out
+
+
+def first_letter_odds(first_logits: Tensor, table: TokenTable, gap: str) -> dict[str, float]:
+    """P(the next word starts with each letter a-z, in either case), from the next token's
+    distribution alone: the mass of the tokens that can spell the gap and that letter."""
+    probs = torch.softmax(first_logits.float(), -1)
+    return {c: probs[table.allowed_ids(_ascii_lower((gap + c).encode()))].sum().item()
+            for c in string.ascii_lowercase}
 
 
 def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: str, prefixes: list[str],
