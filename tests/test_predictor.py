@@ -1,5 +1,7 @@
 """The public Predictor API on the real default model: edge cases and KV-cache reuse."""
 
+import time
+
 import pytest
 
 from nextword import Predictor, Suggestion
@@ -128,6 +130,20 @@ def test_speculation_at_a_word_start_prepares_the_likeliest_first_letters(p):
     for letter in sorted(odds, key=odds.get, reverse=True)[:SPECULATED_LETTERS]:
         assert p.prepared(STORY + letter, session="doc") == p.predict(STORY + letter, session="doc")
     assert p.tokens_computed == before
+
+
+def test_a_deadline_answers_with_the_words_found_so_far(p):
+    text = STORY + "Bo"  # "Boaz" takes more than one search step
+    p.predict(STORY, session="doc")
+    before = p.tokens_computed
+    early = p.predict(text, session="doc", deadline=time.monotonic())  # already passed: stop at the first word
+    early_cost = p.tokens_computed - before
+    assert early and all(w.word.startswith("Bo") for w in early)
+    assert p.prepared(text, session="doc") is None  # not kept: that search had not settled
+    before = p.tokens_computed
+    full = p.predict(text, session="doc")
+    assert p.tokens_computed - before > early_cost
+    assert p.prepared(text, session="doc") == full
 
 
 def test_a_prefix_the_list_does_not_cover_searches_again(p):

@@ -151,9 +151,9 @@ def prepared(text: str, n: int, session: str) -> Callable[[Predictor], list[Sugg
     return lambda predictor: predictor.prepared(text, n, session=session)
 
 
-def suggest(text: str, n: int, session: str) -> Callable[[Predictor, CancelCheck], list[Suggestion]]:
+def suggest(text: str, n: int, session: str, deadline: float) -> Callable[[Predictor, CancelCheck], list[Suggestion]]:
     return lambda predictor, cancelled: predictor.predict(text, n, session=session, cancelled=cancelled,
-                                                          quick_start=True)
+                                                          quick_start=True, deadline=deadline)
 
 
 def speculate(text: str, n: int, session: str) -> Callable[[Predictor, CancelCheck], None]:

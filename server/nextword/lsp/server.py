@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 from lsprotocol import types
@@ -35,6 +36,9 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 WARM_DELAY = 0.05  # seconds after an edit before background work starts (see did_change)
+# A fast typist's keys come ~120 ms apart, and an answer that comes after the next key is never
+# shown: past this many seconds a word search answers with the words it has found so far.
+ANSWER_WITHIN = 0.1
 CONFIGURATION_TIMEOUT = 5.0  # seconds to wait for workspace/configuration before going on without it
 ATTENDED_WORDS = 3  # context words named in a completion item's documentation
 HOW_TO_BUILD = ("Build the default model with `nextword weights build` (or `make weights`), "
@@ -262,6 +266,7 @@ def shutdown(ls: NextwordServer, params: None) -> None:
 @server.feature(types.TEXT_DOCUMENT_COMPLETION,
                 types.CompletionOptions(trigger_characters=[" "], resolve_provider=True))
 async def completion(ls: NextwordServer, params: types.CompletionParams) -> types.CompletionList:
+    deadline = time.monotonic() + ANSWER_WITHIN
     doc = ls.document(params.text_document.uri)
     offset = ls.offset(doc, params.position)
     if not ls.wants(doc):
@@ -277,7 +282,7 @@ async def completion(ls: NextwordServer, params: types.CompletionParams) -> type
     words = ls.engine.answer_now(doc.uri, "completion", prepared(context, n, doc.uri))
     if words is None:
         try:
-            words = await ls.engine.run(doc.uri, "completion", suggest(context, n, doc.uri))
+            words = await ls.engine.run(doc.uri, "completion", suggest(context, n, doc.uri, deadline))
         except Cancelled:  # superseded by a newer request or edit for this document
             return types.CompletionList(is_incomplete=True, items=[])
     ls.warm_after_answer(doc, offset)  # idle time until the next keystroke: prepare the next word
