@@ -101,7 +101,9 @@ def finetune(opts: FinetuneOptions, progress: ProgressFn | None = None,
     log = log or (lambda message: None)
     world = _Distributed.start(opts.device)
     try:
-        return _finetune(opts, world, progress if world.is_main else None, log if world.is_main else lambda m: None)
+        report = _finetune(opts, world, progress if world.is_main else None, log if world.is_main else lambda m: None)
+        world.wait_for_all()
+        return report
     finally:
         world.finish()
 
@@ -313,6 +315,12 @@ class _Distributed:
 
     def mean(self, value: Tensor) -> float:
         return float(self.sum(value.double().reshape(1))[0] / self.size)
+
+    def wait_for_all(self) -> None:
+        """Wait until every process is done: one that tears down the group while another still
+        writes its output or talks to it can make that one abort (gloo: "connection closed")."""
+        if self.size > 1:
+            dist.barrier()
 
     def finish(self) -> None:
         if self.size > 1 and dist.is_initialized():
