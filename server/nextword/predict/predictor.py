@@ -132,9 +132,8 @@ class Predictor:
         if s is None:
             return None
         start = s.window_start
-        ids = s.encoded.get(context[start:]) if start <= len(context) else None
-        budget = self.max_context_tokens - 1
-        if ids is None or len(ids) > budget or len(context) - start > budget * CHARS_PER_TOKEN * 2:
+        ids = s.encoded.get(context[start:]) if self._start_fits(context, start) else None
+        if ids is None or len(ids) > self.max_context_tokens - 1:
             return None  # not the window `_window_ids` would use now
         window = [self.start_id] + ids
         memo = s.remembered_word_lists(window)
@@ -309,7 +308,7 @@ class Predictor:
         stays valid) and jumps forward to a line or sentence start, keeping about half the
         window, when it overflows."""
         budget = self.max_context_tokens - 1
-        if s.window_start > len(context) or len(context) - s.window_start > budget * CHARS_PER_TOKEN * 2:
+        if not self._start_fits(context, s.window_start):
             s.window_start = self._window_start(context, len(context) - budget * CHARS_PER_TOKEN)
         ids = self._encode(s, context[s.window_start:])
         while len(ids) > budget:
@@ -317,6 +316,11 @@ class Predictor:
             s.window_start = self._window_start(context, len(context) - keep_chars)
             ids = self._encode(s, context[s.window_start:])
         return [self.start_id] + ids
+
+    def _start_fits(self, context: str, start: int) -> bool:
+        """Whether a window start can stay for `context` before tokenizing: it is inside the text,
+        and the text after it is not far more than the window holds."""
+        return start <= len(context) and len(context) - start <= (self.max_context_tokens - 1) * CHARS_PER_TOKEN * 2
 
     def _encode(self, s: Session, text: str) -> list[int]:
         """Token ids of `text`, remembered: every keystroke inside a word has the same context,
