@@ -132,6 +132,15 @@ def test_speculation_at_a_word_start_prepares_the_likeliest_first_letters(p):
     assert p.tokens_computed == before
 
 
+def test_speculation_inside_a_word_prepares_the_letter_that_ends_it(p):
+    """The next letters prepared inside a word include one that completes a likely word
+    ("Le" -> "Let"): showing "Let" then saves no key, but the request still wants an answer."""
+    p.speculate(STORY + "Le", session="doc")
+    before = p.tokens_computed
+    assert p.prepared(STORY + "Let", session="doc") == p.predict(STORY + "Let", session="doc")
+    assert p.tokens_computed == before
+
+
 def test_a_deadline_answers_with_the_words_found_so_far(p):
     text = STORY + "Bo"  # "Boaz" takes more than one search step
     p.predict(STORY, session="doc")

@@ -186,7 +186,7 @@ class Predictor:
         letters: dict[str, float] = {}
         if typed:
             for word, probability in words:
-                if len(word) > len(typed) + 2:  # after one more letter it would still save a key
+                if len(word) > len(typed):  # also the letter that ends a word: it needs an answer too
                     letter = word[len(typed)].lower()
                     letters[letter] = letters.get(letter, 0.0) + probability
         else:  # at a word start the words found cover few first letters; the next token covers all
