@@ -14,6 +14,7 @@ soon as no live beam can beat the n-th best finished word: extending a beam only
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import string
 import time
@@ -78,6 +79,7 @@ class TokenTable:
             elif not _starts_word(b):
                 boundary[i] = True
         self.continues_ids = continues.nonzero().squeeze(1)
+        self.continues_bias = torch.zeros(n).masked_fill_(~continues, -math.inf)  # added to logprobs
         self.boundary_ids = boundary.nonzero().squeeze(1)
         self._by_prefix = sorted(range(n), key=lambda i: self.lower[i])
         self._sorted_lower = [self.lower[i] for i in self._by_prefix]
@@ -125,19 +127,21 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
 
     gap: spaces that precede the word; prefixes: what may have been typed of it. Each prefix has
     its own beams and stops on its own, but all beams advance in the same forward calls, so
-    preparing the lists for several possible next letters costs little more than one. Words are returned as the model spells them (case may
-    differ from the prefix), without the gap. A prefix's search runs until its n best words of at
-    least len(prefix) + 2 characters (shorter ones save no keystroke) are settled; shorter words
-    found on the way are returned too. `on_done(prefix, words)` is called as soon as a prefix's
-    list is final, so that work interrupted by `cancelled` keeps the lists already settled.
+    preparing the lists for several possible next letters costs little more than one. Words are
+    returned as the model spells them (case may differ from the prefix), without the gap. A
+    prefix's search runs until its n best words of at least len(prefix) + 2 characters (shorter
+    ones save no keystroke) are settled; shorter words found on the way are returned too.
+    `on_done(prefix, words)` is called as soon as a prefix's list is final, so that work
+    interrupted by `cancelled` keeps the lists already settled.
     deadline: a `time.monotonic()` after which the search stops at the first step where every
     prefix has a word to show; the lists not settled by then are returned but not final.
     """
     root = torch.log_softmax(first_logits[None], -1)
     groups = {typed: _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2) for typed in dict.fromkeys(prefixes)}
     gap_bytes = len(gap.encode())
+    free = _best_continuations(root, table, beam_width)
     for group in groups.values():
-        group.beams = _extend([Beam((), 0.0, b"")], root, table, group.required, beam_width)
+        group.beams = _extend([Beam((), 0.0, b"")], [0], root, free, table, group.required, beam_width)
     session.reset_scratch()
     for _ in range(MAX_WORD_TOKENS):
         # Beams of different prefixes can hold the same tokens (" The" for "" and "T"): run each path once.
@@ -153,6 +157,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                                           [b.slots for b in firsts], cancelled)
         logprobs = torch.log_softmax(logits, -1)
         log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
+        free = _best_continuations(logprobs, table, beam_width)
         for group in groups.values():
             for beam in group.beams:
                 row = rows[beam.tokens]
@@ -163,8 +168,8 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                     if word not in group.paths and sum(v > score for v in group.finished.values()) < n:
                         group.paths[word] = (beam.tokens, beam.slots, logits[row].clone())
             if group.beams:
-                picked = logprobs[[rows[b.tokens] for b in group.beams]]
-                group.beams = _extend(group.beams, picked, table, group.required, beam_width)
+                group.beams = _extend(group.beams, [rows[b.tokens] for b in group.beams], logprobs, free, table,
+                                      group.required, beam_width)
                 if group.settled(n):
                     group.beams = []
         _report_final(session, groups, n, on_done)
@@ -225,26 +230,31 @@ class _Group:
         return len(ranked) >= n and best_beam <= ranked[n - 1]
 
 
-def _extend(beams: list[Beam], logprobs: Tensor, table: TokenTable, required: bytes, width: int) -> list[Beam]:
-    """The best `width` allowed one-token extensions of the beams (logprobs: [beams, vocab])."""
-    scores = torch.full_like(logprobs, -math.inf)
-    for row, beam in enumerate(beams):
-        ids = table.allowed_ids(required[len(beam.text):])
-        scores[row, ids] = logprobs[row, ids] + beam.logprob
-    # Each row's best first, then the best of those: two small top-k's are about twice as fast
-    # as one over all beams x vocabulary.
-    per_row = torch.topk(scores, min(width, scores.shape[1]), dim=-1)
-    k = per_row.values.shape[1]
-    top = torch.topk(per_row.values.flatten(), min(width, per_row.values.numel()))
-    tokens = per_row.indices.tolist()
-    out = []
-    for score, index in zip(top.values.tolist(), top.indices.tolist()):
-        if score == -math.inf:
-            break
-        row, col = divmod(index, k)
-        beam, token = beams[row], tokens[row][col]
-        out.append(Beam(beam.tokens + (token,), score, beam.text + table.token_bytes[token], beam.slots))
-    return out
+def _extend(beams: list[Beam], beam_rows: list[int], logprobs: Tensor, free: list[tuple[list[float], list[int]]],
+            table: TokenTable, required: bytes, width: int) -> list[Beam]:
+    """The best `width` allowed one-token extensions of the beams. beam_rows: each beam's row of
+    logprobs [rows, vocab]; free: each row's best `width` word-continuing tokens (`_best_continuations`),
+    which is all a beam that has spelled the required prefix may add."""
+    candidates = []  # (score, beam, token)
+    for beam, row in zip(beams, beam_rows):
+        remaining = required[len(beam.text):]
+        if remaining:  # still spelling the prefix: few tokens are allowed
+            ids = table.allowed_ids(remaining)
+            top = torch.topk(logprobs[row, ids], min(width, len(ids)))
+            values, tokens = top.values.tolist(), ids[top.indices].tolist()
+        else:
+            values, tokens = free[row]
+        candidates.extend((beam.logprob + v, beam, t) for v, t in zip(values, tokens) if v != -math.inf)
+    best = heapq.nlargest(width, candidates, key=lambda c: c[0])
+    return [Beam(beam.tokens + (token,), score, beam.text + table.token_bytes[token], beam.slots)
+            for score, beam, token in best]
+
+
+def _best_continuations(logprobs: Tensor, table: TokenTable, width: int) -> list[tuple[list[float], list[int]]]:
+    """Each row's `width` likeliest word-continuing tokens, as (logprobs, token ids): one top-k
+    over all rows, shared by every prefix's beams on that row."""
+    top = torch.topk(logprobs + table.continues_bias, width, dim=-1)
+    return list(zip(top.values.tolist(), top.indices.tolist()))
 
 
 def _decode(b: bytes) -> str | None:
