@@ -141,18 +141,26 @@ def test_speculation_inside_a_word_prepares_the_letter_that_ends_it(p):
     assert p.tokens_computed == before
 
 
-def test_a_deadline_answers_with_the_words_found_so_far(p):
+def test_a_deadline_answers_with_the_words_found_so_far_and_the_search_goes_on(p):
     text = STORY + "Bo"  # "Boaz" takes more than one search step
     p.predict(STORY, session="doc")
     before = p.tokens_computed
-    early = p.predict(text, session="doc", deadline=time.monotonic())  # already passed: stop at the first word
-    early_cost = p.tokens_computed - before
-    assert early and all(w.word.startswith("Bo") for w in early)
-    assert p.prepared(text, session="doc") is None  # not kept: that search had not settled
-    before = p.tokens_computed
-    full = p.predict(text, session="doc")
-    assert p.tokens_computed - before > early_cost
+    early = []  # (suggestions, tokens computed by then)
+    full = p.predict(text, session="doc", deadline=time.monotonic(),  # already passed: one step, then answer
+                     at_deadline=lambda words: early.append((words, p.tokens_computed - before)))
+    assert len(early) == 1
+    words, cost = early[0]
+    assert all(w.word.startswith("Bo") for w in words)
+    assert cost < p.tokens_computed - before  # answered before the search ended
+    assert full == p.predict(text, session="doc")  # the final list, remembered
     assert p.prepared(text, session="doc") == full
+
+
+def test_without_a_deadline_nothing_answers_early(p):
+    p.predict(STORY, session="doc")
+    early = []
+    p.predict(STORY + "Bo", session="doc", at_deadline=early.append)
+    assert early == []
 
 
 def test_a_prefix_the_list_does_not_cover_searches_again(p):

@@ -27,6 +27,7 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CancelCheck = Callable[[], bool]
+Answer = Callable[[T], None]  # given to `run_answering`'s work: send the request its answer now
 
 
 class Engine:
@@ -70,10 +71,36 @@ class Engine:
         """Run `work(predictor, cancelled)` on the worker thread as the newest `kind` request for
         `document`. Raises Cancelled when a newer one supersedes it, and cancels the job when the
         awaiting task is cancelled ($/cancelRequest)."""
+        return await self.run_answering(document, kind, lambda predictor, cancelled, answer: work(predictor, cancelled))
+
+    async def run_answering(self, document: str, kind: str,
+                            work: Callable[[Predictor, CancelCheck, Answer[T]], T]) -> T:
+        """`run`, for work that may answer before it ends: `work(predictor, cancelled, answer)`
+        can call `answer(value)` (a word search at its deadline) and go on, until it ends or a
+        newer request supersedes it; the request gets the first value answered, or the result."""
+        answered: Future[T] = Future()
+
+        def answer(value: T) -> None:  # on the worker thread, which also settles the job below
+            if not answered.done():
+                answered.set_result(value)
+
+        def settle(job: Future[T]) -> None:
+            error = None if job.cancelled() else job.exception()
+            if answered.done():
+                if error is not None and not isinstance(error, Cancelled):
+                    logger.error("model work after its answer failed", exc_info=error)
+            elif job.cancelled():
+                answered.set_exception(Cancelled())
+            elif error is not None:
+                answered.set_exception(error)
+            else:
+                answered.set_result(job.result())
+
         stop = threading.Event()
-        future = self._submit(document, kind, work, stop)
+        self._submit(document, kind, lambda predictor, cancelled: work(predictor, cancelled, answer),
+                     stop).add_done_callback(settle)
         try:
-            return await asyncio.wrap_future(future)
+            return await asyncio.wrap_future(answered)
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -151,9 +178,12 @@ def prepared(text: str, n: int, session: str) -> Callable[[Predictor], list[Sugg
     return lambda predictor: predictor.prepared(text, n, session=session)
 
 
-def suggest(text: str, n: int, session: str, deadline: float) -> Callable[[Predictor, CancelCheck], list[Suggestion]]:
-    return lambda predictor, cancelled: predictor.predict(text, n, session=session, cancelled=cancelled,
-                                                          quick_start=True, deadline=deadline)
+def suggest(text: str, n: int, session: str,
+            deadline: float) -> Callable[[Predictor, CancelCheck, Answer[list[Suggestion]]], list[Suggestion]]:
+    """The words for a request: answered by `deadline` with what the search has found by then, if
+    it is still running (it goes on, for the next keystrokes)."""
+    return lambda predictor, cancelled, answer: predictor.predict(
+        text, n, session=session, cancelled=cancelled, quick_start=True, deadline=deadline, at_deadline=answer)
 
 
 def speculate(text: str, n: int, session: str) -> Callable[[Predictor, CancelCheck], None]:

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 WARM_DELAY = 0.05  # seconds after an edit before background work starts (see did_change)
 # A fast typist's keys come ~120 ms apart, and an answer that comes after the next key is never
-# shown: past this many seconds a word search answers with the words it has found so far.
+# shown: by this many seconds a word search answers with the words it has found so far.
 ANSWER_WITHIN = 0.1
 CONFIGURATION_TIMEOUT = 5.0  # seconds to wait for workspace/configuration before going on without it
 ATTENDED_WORDS = 3  # context words named in a completion item's documentation
@@ -282,7 +282,7 @@ async def completion(ls: NextwordServer, params: types.CompletionParams) -> type
     words = ls.engine.answer_now(doc.uri, "completion", prepared(context, n, doc.uri))
     if words is None:
         try:
-            words = await ls.engine.run(doc.uri, "completion", suggest(context, n, doc.uri, deadline))
+            words = await ls.engine.run_answering(doc.uri, "completion", suggest(context, n, doc.uri, deadline))
         except Cancelled:  # superseded by a newer request or edit for this document
             return types.CompletionList(is_incomplete=True, items=[])
     ls.warm_after_answer(doc, offset)  # idle time until the next keystroke: prepare the next word

@@ -98,16 +98,18 @@ class Predictor:
 
     def predict(self, text_before_cursor: str, n: int = 3, session: str = "default",
                 cancelled: Callable[[], bool] | None = None, quick_start: bool = False,
-                deadline: float | None = None) -> list[Suggestion]:
+                deadline: float | None = None,
+                at_deadline: Callable[[list[Suggestion]], None] | None = None) -> list[Suggestion]:
         """The n most likely words at the cursor, best first (see `Suggestion` for what `word` is).
         Raises Cancelled when `cancelled()` turns true between model steps.
         quick_start: while more than QUICK_START_TOKENS of the window are not in the session's
         cache yet (a document just opened), answer from that much recent text instead of waiting
         for the whole window; for callers that fill the cache in the background (`speculate`).
-        deadline: a `time.monotonic()` to answer by: a word search still running then stops as
-        soon as it has a word to show, and answers with what it found (not remembered)."""
+        deadline, at_deadline: for a caller that must answer by `deadline` (a `time.monotonic()`):
+        a word search that would still run then calls `at_deadline(the words found so far)` and
+        goes on to its final list, which is remembered for the next keystrokes and returned."""
         context, typed, words = self._words_at(text_before_cursor, n, session, cancelled, quick_start=quick_start,
-                                               deadline=deadline)
+                                               deadline=deadline, at_deadline=at_deadline)
         return self._shown(context, typed, words, n, session)
 
     def prepared(self, text_before_cursor: str, n: int = 3, session: str = "default") -> list[Suggestion] | None:
@@ -218,8 +220,9 @@ class Predictor:
         return first_letter_odds(logits, self.table, gap)
 
     def _words_at(self, text_before_cursor: str, n: int, session: str, cancelled: Callable[[], bool] | None,
-                  also: list[str] | None = None, quick_start: bool = False,
-                  deadline: float | None = None) -> tuple[str, str, list[tuple[str, float]]]:
+                  also: list[str] | None = None, quick_start: bool = False, deadline: float | None = None,
+                  at_deadline: Callable[[list[Suggestion]], None] | None = None
+                  ) -> tuple[str, str, list[tuple[str, float]]]:
         """(context before the partial word, the partial word, candidate words with casing
         applied and their probabilities, best first). Candidates come from a remembered list
         while it still has n words starting with what was typed, else from a new search
@@ -241,15 +244,15 @@ class Predictor:
                 self._drop_recent(session)  # the whole window is cached now
             lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
             todo = [p for p in dict.fromkeys([typed, *(also or [])]) if _from_lists(lists, p, n) is None]
-            found: dict[str, list[WordScore]] = {}
             if todo:
                 def keep(prefix: str, found: list[WordScore]) -> None:  # as soon as it is final
                     lists[prefix] = WordList(prefix, found)
-                found = search_words(s, logits, self.table, gap, todo, n, self.beam_width, cancelled, on_done=keep,
-                                     deadline=deadline)
+
+                def answer_early(found: dict[str, list[WordScore]]) -> None:
+                    at_deadline(self._shown(context, typed, _cased(found[typed], typed, stripped), n, session))
+                search_words(s, logits, self.table, gap, todo, n, self.beam_width, cancelled, on_done=keep,
+                             deadline=deadline, at_deadline=answer_early if at_deadline else None)
             words = _from_lists(lists, typed, n)
-            if words is None:  # the deadline came before the search for `typed` settled
-                words = found[typed]
         return context, typed, _cased(words, typed, stripped)
 
     def prefill(self, text: str, session: str = "default", cancelled: Callable[[], bool] | None = None) -> None:

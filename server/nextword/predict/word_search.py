@@ -120,8 +120,8 @@ def first_letter_odds(first_logits: Tensor, table: TokenTable, gap: str) -> dict
 
 def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: str, prefixes: list[str],
                  n: int, beam_width: int = 8, cancelled: Callable[[], bool] | None = None,
-                 on_done: Callable[[str, list[WordScore]], None] | None = None,
-                 deadline: float | None = None) -> dict[str, list[WordScore]]:
+                 on_done: Callable[[str, list[WordScore]], None] | None = None, deadline: float | None = None,
+                 at_deadline: Callable[[dict[str, list[WordScore]]], None] | None = None) -> dict[str, list[WordScore]]:
     """The most likely next words after the context whose logits are `first_logits`, best first,
     for each typed prefix in `prefixes` ("" at a word start) at once.
 
@@ -133,8 +133,10 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
     ones save no keystroke) are settled; shorter words found on the way are returned too.
     `on_done(prefix, words)` is called as soon as a prefix's list is final, so that work
     interrupted by `cancelled` keeps the lists already settled.
-    deadline: a `time.monotonic()` after which the search stops at the first step where every
-    prefix has a word to show; the lists not settled by then are returned but not final.
+    deadline: a `time.monotonic()` to answer by: after the last step expected to end before it,
+    `at_deadline(words found so far by prefix)` is called, once, and the search goes on (its
+    final lists are what the next keystrokes need). A rare word's list may hold no word long
+    enough to show by then.
     """
     root = torch.log_softmax(first_logits[None], -1)
     groups = {typed: _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2) for typed in dict.fromkeys(prefixes)}
@@ -144,6 +146,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
         group.beams = _extend([Beam((), 0.0, b"")], [0], root, free, table, group.required, beam_width)
     session.reset_scratch()
     for _ in range(MAX_WORD_TOKENS):
+        step_started = time.monotonic()
         # Beams of different prefixes can hold the same tokens (" The" for "" and "T"): run each path once.
         rows: dict[tuple[int, ...], int] = {}
         firsts = []
@@ -173,8 +176,10 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 if group.settled(n):
                     group.beams = []
         _report_final(session, groups, n, on_done)
-        if deadline is not None and time.monotonic() >= deadline and all(g.has_a_word() for g in groups.values()):
-            return {typed: g.ranked() for typed, g in groups.items()}
+        # Another step as long as this one would end past the deadline: answer with what was found.
+        if deadline is not None and at_deadline is not None and 2 * time.monotonic() - step_started >= deadline:
+            at_deadline({typed: g.ranked() for typed, g in groups.items()})
+            at_deadline = None
     for group in groups.values():
         group.beams = []  # out of steps: what was found is final
     _report_final(session, groups, n, on_done)
@@ -212,10 +217,6 @@ class _Group:
 
     def ranked(self) -> list[WordScore]:
         return sorted((WordScore(w, v) for w, v in self.finished.items()), key=lambda w: -w.logprob)
-
-    def has_a_word(self) -> bool:
-        """Whether a word long enough to show has been found."""
-        return any(len(w) >= self.min_chars for w in self.finished)
 
     def settled(self, n: int) -> bool:
         """No live beam can beat the n-th best finished word (extending only lowers a score), or
