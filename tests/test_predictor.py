@@ -6,7 +6,7 @@ import pytest
 
 from nextword import Predictor, Suggestion
 from nextword.predict.predictor import QUICK_START_TOKENS, SPECULATED_LETTERS
-from nextword.predict.session import Cancelled
+from nextword.predict.session import PREFILL_CHUNK, Cancelled
 from nextword.predict.text import split_partial_word
 
 STORY = ("Naomi had a relative of her husband's, a mighty man of wealth, of the family of Elimelech, "
@@ -230,6 +230,18 @@ def test_a_cold_document_first_answers_from_recent_text(p):
     assert p.predict(text, session="cold", quick_start=True)
     assert p.tokens_computed - before <= 8 * 8
     assert len(p._sessions["cold"].ids) > QUICK_START_TOKENS and "cold" not in p._recent
+
+
+def test_a_cold_document_answers_from_recent_text_until_the_window_is_nearly_filled(p):
+    """A request never waits for more than one prefill chunk of the background work."""
+    text = STORY * 12
+    assert p.predict(text, session="cold", quick_start=True)
+    p.prefill(text[:len(text) - 400], session="cold")  # the background work got this far: ~100 tokens short
+    missing = len(p._window_ids(p._sessions["cold"], text)) - len(p._sessions["cold"].ids)
+    assert PREFILL_CHUNK < missing <= QUICK_START_TOKENS
+    before = p.tokens_computed
+    assert p.predict(text, session="cold", quick_start=True)
+    assert p.tokens_computed - before < PREFILL_CHUNK
 
 
 def test_typing_out_a_found_word_reuses_what_the_search_computed(p):

@@ -30,7 +30,7 @@ from nextword.model.attention_map import AttentionMap, probe_attention
 from nextword.model.loading import LoadedModel, load_model
 from nextword.predict.cache_model import CACHE_MODES, DocumentCache, cache_candidates
 from nextword.predict.ranking import choose_shown
-from nextword.predict.session import Cancelled, Session, common_prefix_length, remember
+from nextword.predict.session import PREFILL_CHUNK, Cancelled, Session, common_prefix_length, remember
 from nextword.predict.text import (apply_casing, is_sentence_or_line_start, is_sentence_start,
                                    split_gap, split_partial_word)
 from nextword.predict.word_search import TokenTable, WordScore, first_letter_odds, search_words
@@ -102,9 +102,10 @@ class Predictor:
                 at_deadline: Callable[[list[Suggestion]], None] | None = None) -> list[Suggestion]:
         """The n most likely words at the cursor, best first (see `Suggestion` for what `word` is).
         Raises Cancelled when `cancelled()` turns true between model steps.
-        quick_start: while more than QUICK_START_TOKENS of the window are not in the session's
+        quick_start: when more than QUICK_START_TOKENS of the window are not in the session's
         cache yet (a document just opened), answer from that much recent text instead of waiting
-        for the whole window; for callers that fill the cache in the background (`speculate`).
+        for the whole window, until all but PREFILL_CHUNK tokens of it are cached; for callers
+        that fill the cache in the background (`speculate`).
         deadline, at_deadline: for a caller that must answer by `deadline` (a `time.monotonic()`):
         a word search that would still run then calls `at_deadline(the words found so far)` and
         goes on to its final list, which is remembered for the next keystrokes and returned."""
@@ -232,7 +233,10 @@ class Predictor:
         with self._lock:
             s = self._session(session)
             ids = self._window_ids(s, stripped)
-            recent = quick_start and len(ids) - common_prefix_length(s.ids, ids) > QUICK_START_TOKENS
+            lag = len(ids) - common_prefix_length(s.ids, ids)
+            # Once answering from the recent text, go on until background work has filled the
+            # window to within a chunk: a request then never waits for more than one chunk of it.
+            recent = quick_start and (lag > QUICK_START_TOKENS or (session in self._recent and lag > PREFILL_CHUNK))
             if recent:
                 # The recent text starts at a fixed token, so typing on extends its cache too.
                 if session not in self._recent:
