@@ -119,3 +119,23 @@ def test_unknown_server_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown server"):
         server_command("vim")
     assert server_command("naive")[:3] == [sys.executable, "-m", "nextword.eval.peers"]
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_bench_lsp_types_the_text_and_times_every_request(default_model_path, tmp_path, inline):
+    from nextword.eval.bench_lsp import run_bench
+    text = tmp_path / "text.txt"
+    text.write_text(CONTEXT + "Madrid", encoding="utf-8")
+    command = [sys.executable, "-m", "nextword", "serve", "--model", str(default_model_path)]
+    report = run_bench(text, command, typed_chars=6, n=3, inline=inline)
+    assert report["server_exit_status"] == 0 and report["open_to_first_answer_ms"] > 0
+    for mode in ("paced_120ms", "back_to_back"):
+        r = report[mode]
+        assert r["requests"] == 7  # before the first keystroke, then after each of "Madrid"
+        assert r["in_word_ms"]["count"] == 6 and r["word_start_ms"]["count"] == 1
+        assert 0 <= r["ksr"] <= 1
+        if inline:
+            assert r["inline_ms"]["count"] == 7 and len(r["samples_ms"]["inline"]) == 7
+            assert all(ms > 0 for ms in r["samples_ms"]["inline"])
+        else:
+            assert "inline_ms" not in r and "inline" not in r["samples_ms"]

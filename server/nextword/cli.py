@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=3, help="suggestions per request (default 3)")
     p.add_argument("--out", type=Path, default=Path("results/bench-lsp.json"), help="JSON report (default %(default)s)")
     p.add_argument("--model", type=Path, help="model file for the server (default: its default)")
+    p.add_argument("--inline", action="store_true",
+                   help="also ask for inline completion at every keystroke, as VS Code does, and time it")
     p.set_defaults(func=_bench_lsp)
     p = bench.add_parser("compare", help="nextword against the naive and llama.cpp peer servers, same client and texts")
     p.add_argument("--text", type=Path, nargs="+", required=True, help="UTF-8 text file(s), as for `bench lsp`")
@@ -236,7 +238,7 @@ def _bench_lsp(args: argparse.Namespace) -> int:
         command += ["--model", str(args.model)]
     reports = []
     for path in args.text:
-        reports.append(run_bench(path, command, args.chars, args.n))
+        reports.append(run_bench(path, command, args.chars, args.n, inline=args.inline))
         print_report(reports[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reports, indent=2))

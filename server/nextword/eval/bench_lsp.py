@@ -7,7 +7,8 @@ at a fast typist's pace (keystrokes 120 ms apart, whether or not the last answer
 answers get superseded, as in an editor) and back to back (each keystroke waits for the answer).
 Reported: p50/p90/p99 latency for word-start (after a space) and in-word requests, empty answers,
 time from didOpen to the first useful answer, the keystroke savings (KSR@n) the suggestions would
-have given, and the server's peak RSS.
+have given, and the server's peak RSS. With `inline`, each keystroke also asks for inline
+completion (ghost text), as VS Code does, and that latency is reported too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ CONTEXT_CHARS = 6000  # about 1.5k tokens of English prose
 PACE_S = 0.120
 
 
-def run_bench(text_path: Path, server_command: list[str], typed_chars: int = 600, n: int = 3) -> dict:
+def run_bench(text_path: Path, server_command: list[str], typed_chars: int = 600, n: int = 3,
+              inline: bool = False) -> dict:
     text = text_path.read_text(encoding="utf-8")
     cut = text.rfind(" ", 0, CONTEXT_CHARS) + 1  # open on a word start
     context, typed = text[:cut], text[cut:cut + typed_chars]
@@ -33,12 +35,13 @@ def run_bench(text_path: Path, server_command: list[str], typed_chars: int = 600
     try:
         server.initialize()
         server.wait_ready()
-        report: dict = {"text": str(text_path), "context_chars": len(context), "typed_chars": len(typed), "n": n}
+        report: dict = {"text": str(text_path), "context_chars": len(context), "typed_chars": len(typed), "n": n,
+                        "inline": inline}
         report["open_to_first_answer_ms"] = _open_to_first_answer(server, "file:///bench/open.txt", context)
         print(f"didOpen to first answer: {report['open_to_first_answer_ms']:.0f} ms", file=sys.stderr)
-        report["paced_120ms"] = _type(server, "file:///bench/paced.txt", context, typed, n, PACE_S)
+        report["paced_120ms"] = _type(server, "file:///bench/paced.txt", context, typed, n, PACE_S, inline)
         print("typed at 120 ms per keystroke", file=sys.stderr)
-        report["back_to_back"] = _type(server, "file:///bench/back-to-back.txt", context, typed, n, None)
+        report["back_to_back"] = _type(server, "file:///bench/back-to-back.txt", context, typed, n, None, inline)
         report["peak_rss_mb"] = _peak_rss_mb(server.proc.pid)
         report["server_exit_status"] = server.close()
         return report
@@ -68,11 +71,13 @@ def _open_to_first_answer(server: LspProcess, uri: str, context: str) -> float:
     return elapsed
 
 
-def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: float | None) -> dict:
+def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: float | None,
+          inline: bool = False) -> dict:
     _open(server, uri, context)
     shown: list[list[str]] = []  # the suggestions shown before each keystroke
     in_word: list[bool] = []
     latencies: list[float] = []
+    inline_latencies: list[float] = []  # of the inline completion request sent with each keystroke
     empty = 0
     lock = threading.Lock()
     waiters = []
@@ -88,6 +93,11 @@ def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: 
             shown[index] = [item["label"] for item in items][:n]
             empty += not items
 
+    def finish_inline(index: int, msg_id: int, sent: float) -> None:
+        server.response(msg_id)
+        with lock:
+            inline_latencies[index] = (server.arrived.pop(msg_id) - sent) * 1000
+
     typed_before = []  # the document text before each keystroke, for classifying requests
     for i, ch in enumerate([""] + list(typed)):
         if ch:
@@ -96,19 +106,25 @@ def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: 
             server.notify("textDocument/didChange", {
                 "textDocument": {"uri": uri, "version": i + 1},
                 "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch}]})
+        cursor = {"textDocument": {"uri": uri}, "position": _position(doc)}
         sent = time.perf_counter()
-        msg_id = server.request_nowait("textDocument/completion", {"textDocument": {"uri": uri},
-                                                                    "position": _position(doc)})
+        answers = [(finish, server.request_nowait("textDocument/completion", cursor), sent)]
+        if inline:  # right after, as VS Code asks for both at every keystroke
+            answers.append((finish_inline, server.request_nowait(
+                "textDocument/inlineCompletion", {**cursor, "context": {"triggerKind": 2}}), time.perf_counter()))
+            inline_latencies.append(0.0)
         latencies.append(0.0)
         shown.append([])
         typed_before.append(doc)
         in_word.append(is_word_char(doc[-1]))
-        if pace is None:
-            finish(i, msg_id, sent)
-        else:
-            waiter = threading.Thread(target=finish, args=(i, msg_id, sent))
-            waiter.start()
-            waiters.append(waiter)
+        for wait_for, msg_id, sent in answers:
+            if pace is None:
+                wait_for(i, msg_id, sent)
+            else:
+                waiter = threading.Thread(target=wait_for, args=(i, msg_id, sent))
+                waiter.start()
+                waiters.append(waiter)
+        if pace is not None:
             next_key += pace
             time.sleep(max(0.0, next_key - time.perf_counter()))
     for waiter in waiters:
@@ -116,11 +132,15 @@ def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: 
     server.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
     starts = [ms for ms, before in zip(latencies, typed_before) if _can_suggest(before)]
     inside = [ms for ms, inside_word in zip(latencies, in_word) if inside_word]
-    return {"pace_ms": pace and pace * 1000, "requests": len(latencies), "empty_answers": empty,
-            "word_start_ms": percentiles(starts), "in_word_ms": percentiles(inside),
-            "ksr": _ksr(typed, shown),
-            # every latency, for pooling texts and plotting CDFs (`nextword bench compare`)
-            "samples_ms": {"word_start": [round(ms, 2) for ms in starts], "in_word": [round(ms, 2) for ms in inside]}}
+    report = {"pace_ms": pace and pace * 1000, "requests": len(latencies), "empty_answers": empty,
+              "word_start_ms": percentiles(starts), "in_word_ms": percentiles(inside),
+              "ksr": _ksr(typed, shown),
+              # every latency, for pooling texts and plotting CDFs (`nextword bench compare`)
+              "samples_ms": {"word_start": [round(ms, 2) for ms in starts], "in_word": [round(ms, 2) for ms in inside]}}
+    if inline:
+        report["inline_ms"] = percentiles(inline_latencies)
+        report["samples_ms"]["inline"] = [round(ms, 2) for ms in inline_latencies]
+    return report
 
 
 def _can_suggest(before: str) -> bool:
@@ -164,8 +184,8 @@ def print_report(report: dict) -> None:
           f"peak RSS {report['peak_rss_mb']:.0f} MB")
     for name in ("paced_120ms", "back_to_back"):
         r = report[name]
-        for kind in ("word_start_ms", "in_word_ms"):
-            p = r[kind]
+        for kind in ("word_start_ms", "in_word_ms", "inline_ms"):
+            p = r.get(kind, {"count": 0})  # inline_ms: only when inline completion was asked for too
             if p["count"]:
                 print(f"{name:<13} {kind[:-3]:<10} n={p['count']:<4} p50 {p['p50']:7.1f}  p90 {p['p90']:7.1f}  "
                       f"p99 {p['p99']:7.1f}  max {p['max']:7.1f} ms")
