@@ -6,7 +6,9 @@ come from an in-process Predictor on the same model, so the assertions are exact
 
 import asyncio
 import hashlib
+import math
 import sys
+import time
 
 import pytest
 import pytest_lsp
@@ -134,14 +136,30 @@ async def test_inline_completion(client: LanguageClient, predictor):
     predictor.close_session("test-expected")
 
 
+async def test_ghost_text_answers_by_its_deadline_and_goes_on(predictor):
+    """Past its deadline, ghost text answers with the word found so far, then computes the rest
+    (remembered for the next keystrokes)."""
+    from nextword.lsp.server import _ghost_text
+    context, session = "The capital of France is Pa", "test-ghost-deadline"
+    answered = []
+    computed = _ghost_text(context, "Pa", session, deadline=time.monotonic())(predictor, lambda: False,
+                                                                             answered.append)
+    assert answered and " " not in answered[0] and answered[0].startswith("Pa")  # one word, found by then
+    assert computed.startswith("Paris")
+    assert _ghost_text(context, "Pa", session, deadline=math.inf)(predictor, lambda: False, answered.append) == computed
+    predictor.close_session(session)
+
+
 async def test_prepared_ghost_text_is_the_computed_one(predictor):
     """Ghost text answered on the event loop (from what speculation prepared) is what the model
     thread computes; where anything is not prepared, the model thread is asked."""
     from nextword.lsp.server import _ghost_text, _prepared_ghost_text
     context, session = "The capital of France is Pa", "test-ghost"
     assert _prepared_ghost_text(context, "Pa", session)(predictor) is None  # nothing prepared yet
-    computed = _ghost_text(context, "Pa", session)(predictor, lambda: False)
+    answered = []
+    computed = _ghost_text(context, "Pa", session, deadline=math.inf)(predictor, lambda: False, answered.append)
     assert computed and computed.startswith("Paris")
+    assert answered == []  # no deadline came: the result is the answer
     before = predictor.tokens_computed
     assert _prepared_ghost_text(context, "Pa", session)(predictor) == (computed,)
     assert predictor.tokens_computed == before

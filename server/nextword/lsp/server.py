@@ -29,7 +29,7 @@ from nextword.predict.session import Cancelled
 
 from .completion import CONFIDENT, MAX_INLINE_WORDS, completion_items, cursor_at, explained_item
 from .documents import Document
-from .engine import CancelCheck, Engine, prepared, speculate, suggest
+from .engine import Answer, CancelCheck, Engine, prepared, speculate, suggest
 from .protocol import NextwordProtocol, read_stream, stdin_reader
 from .settings import Settings
 
@@ -326,6 +326,7 @@ def _attended_words(context: str, session: str):
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
 async def inline_completion(ls: NextwordServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+    deadline = time.monotonic() + ANSWER_WITHIN
     doc = ls.document(params.text_document.uri)
     offset = ls.offset(doc, params.position)
     cursor = cursor_at(doc.text, offset)
@@ -338,7 +339,8 @@ async def inline_completion(ls: NextwordServer, params: types.InlineCompletionPa
         (text,) = prepared_text
     else:
         try:
-            text = await ls.engine.run(doc.uri, "inline", _ghost_text(context, cursor.typed, doc.uri))
+            text = await ls.engine.run_answering(doc.uri, "inline",
+                                                 _ghost_text(context, cursor.typed, doc.uri, deadline))
         except Cancelled:
             return types.InlineCompletionList(items=[])
     ls.warm_after_answer(doc, offset)
@@ -346,10 +348,18 @@ async def inline_completion(ls: NextwordServer, params: types.InlineCompletionPa
     return types.InlineCompletionList(items=items)
 
 
-def _ghost_text(context: str, typed: str, session: str):
-    """The ghost text for the cursor, computed by the model."""
-    def work(predictor: Predictor, cancelled: CancelCheck) -> str | None:
-        return _ghost(context, typed, lambda text: predictor.predict(text, 1, session=session, cancelled=cancelled))
+def _ghost_text(context: str, typed: str, session: str, deadline: float):
+    """The ghost text for the cursor, computed by the model. By `deadline` it answers with the
+    words it has then (the word being searched for as found so far) and goes on, as completion does."""
+    def work(predictor: Predictor, cancelled: CancelCheck, answer: Answer[str | None]) -> str | None:
+        def best(text: str, before: list[Suggestion]) -> list[Suggestion]:
+            def at_deadline(found: list[Suggestion]) -> None:
+                answer(_joined(before + found[:1]))
+            if before and time.monotonic() >= deadline:
+                at_deadline([])  # no time left for another word's search before answering
+            return predictor.predict(text, 1, session=session, cancelled=cancelled, quick_start=True,
+                                     deadline=deadline, at_deadline=at_deadline)
+        return _ghost(context, typed, best)
     return work
 
 
@@ -360,7 +370,7 @@ class _NotPrepared(Exception):
 def _prepared_ghost_text(context: str, typed: str, session: str):
     """The ghost text for the cursor, when every word of it is prepared (`Predictor.prepared`);
     as a 1-tuple, since no ghost text (None) is an answer too."""
-    def best(predictor: Predictor, text: str) -> list[Suggestion]:
+    def best(predictor: Predictor, text: str, before: list[Suggestion]) -> list[Suggestion]:
         found = predictor.prepared(text, 1, session=session)
         if found is None:
             raise _NotPrepared
@@ -368,26 +378,31 @@ def _prepared_ghost_text(context: str, typed: str, session: str):
 
     def lookup(predictor: Predictor) -> tuple[str | None] | None:
         try:
-            return (_ghost(context, typed, lambda text: best(predictor, text)),)
+            return (_ghost(context, typed, lambda text, before: best(predictor, text, before)),)
         except _NotPrepared:
             return None
     return lookup
 
 
-def _ghost(context: str, typed: str, best: Callable[[str], list[Suggestion]]) -> str | None:
+def _ghost(context: str, typed: str, best: Callable[[str, list[Suggestion]], list[Suggestion]]) -> str | None:
     """The best word for the cursor, then the words after it while the model is confident.
-    best(text): the best word at the end of `text`, as a list of one (or none)."""
-    words = best(context)
+    best(text, before): the best word at the end of `text`, as a list of one (or none); `before`:
+    the ghost text's words found so far."""
+    words = best(context, [])
     if not words:
         return None
     text = context[:len(context) - len(typed)] + words[0].word
     while len(words) < MAX_INLINE_WORDS and words[-1].probability >= CONFIDENT:
-        nxt = best(text + " ")
+        nxt = best(text + " ", words)
         if not nxt or nxt[0].probability < CONFIDENT:
             break
         words.append(nxt[0])
         text += " " + nxt[0].word
-    return " ".join(w.word for w in words)
+    return _joined(words)
+
+
+def _joined(words: list[Suggestion]) -> str | None:
+    return " ".join(w.word for w in words) or None
 
 
 @server.command("nextword.status")
