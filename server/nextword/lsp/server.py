@@ -370,7 +370,7 @@ class _NotPrepared(Exception):
 def _prepared_ghost_text(context: str, typed: str, session: str):
     """The ghost text for the cursor, when every word of it is prepared (`Predictor.prepared`);
     as a 1-tuple, since no ghost text (None) is an answer too."""
-    def best(predictor: Predictor, text: str, before: list[Suggestion]) -> list[Suggestion]:
+    def best(predictor: Predictor, text: str) -> list[Suggestion]:
         found = predictor.prepared(text, 1, session=session)
         if found is None:
             raise _NotPrepared
@@ -378,7 +378,7 @@ def _prepared_ghost_text(context: str, typed: str, session: str):
 
     def lookup(predictor: Predictor) -> tuple[str | None] | None:
         try:
-            return (_ghost(context, typed, lambda text, before: best(predictor, text, before)),)
+            return (_ghost(context, typed, lambda text, before: best(predictor, text)),)
         except _NotPrepared:
             return None
     return lookup
