@@ -20,7 +20,7 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache, partial
 
 import torch
 from torch import Tensor
@@ -78,7 +78,6 @@ class TokenTable:
                 continues[i] = True
             elif not _starts_word(b):
                 boundary[i] = True
-        self.continues_ids = continues.nonzero().squeeze(1)
         self.continues_bias = torch.zeros(n).masked_fill_(~continues, -math.inf)  # added to logprobs
         self.boundary_ids = boundary.nonzero().squeeze(1)
         self._by_prefix = sorted(range(n), key=lambda i: self.lower[i])
@@ -88,9 +87,8 @@ class TokenTable:
     def _allowed_ids(self, remaining: bytes) -> Tensor:
         """Token ids that may come next when `remaining` (lowercase) bytes of the required prefix
         are still to be spelled: the token must agree with them, and whatever it adds beyond them
-        must be word characters."""
-        if not remaining:
-            return self.continues_ids
+        must be word characters. (A beam with nothing left to spell may add any word-continuing
+        token: `continues_bias`.)"""
         ids = []
         for cut in range(1, len(remaining)):  # tokens that spell only part of what remains
             ids.extend(self._exact(remaining[:cut]))
@@ -141,7 +139,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
     root = torch.log_softmax(first_logits[None], -1)
     groups = {typed: _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2) for typed in dict.fromkeys(prefixes)}
     gap_bytes = len(gap.encode())
-    free = _best_continuations(root, table, beam_width)
+    free = cache(partial(_best_continuations, root, table, beam_width))
     for group in groups.values():
         group.beams = _extend([Beam((), 0.0, b"")], [0], root, free, table, group.required, beam_width)
     session.reset_scratch()
@@ -160,7 +158,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                                           [b.slots for b in firsts], cancelled)
         logprobs = torch.log_softmax(logits, -1)
         log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
-        free = _best_continuations(logprobs, table, beam_width)
+        free = cache(partial(_best_continuations, logprobs, table, beam_width))  # if a beam needs it
         for group in groups.values():
             for beam in group.beams:
                 row = rows[beam.tokens]
@@ -231,11 +229,12 @@ class _Group:
         return len(ranked) >= n and best_beam <= ranked[n - 1]
 
 
-def _extend(beams: list[Beam], beam_rows: list[int], logprobs: Tensor, free: list[tuple[list[float], list[int]]],
-            table: TokenTable, required: bytes, width: int) -> list[Beam]:
+def _extend(beams: list[Beam], beam_rows: list[int], logprobs: Tensor,
+            free: Callable[[], list[tuple[list[float], list[int]]]], table: TokenTable, required: bytes,
+            width: int) -> list[Beam]:
     """The best `width` allowed one-token extensions of the beams. beam_rows: each beam's row of
-    logprobs [rows, vocab]; free: each row's best `width` word-continuing tokens (`_best_continuations`),
-    which is all a beam that has spelled the required prefix may add."""
+    logprobs [rows, vocab]; free(): each row's best `width` word-continuing tokens
+    (`_best_continuations`), which is all a beam that has spelled the required prefix may add."""
     candidates = []  # (score, beam, token)
     for beam, row in zip(beams, beam_rows):
         remaining = required[len(beam.text):]
@@ -244,7 +243,7 @@ def _extend(beams: list[Beam], beam_rows: list[int], logprobs: Tensor, free: lis
             top = torch.topk(logprobs[row, ids], min(width, len(ids)))
             values, tokens = top.values.tolist(), ids[top.indices].tolist()
         else:
-            values, tokens = free[row]
+            values, tokens = free()[row]
         candidates.extend((beam.logprob + v, beam, t) for v, t in zip(values, tokens) if v != -math.inf)
     best = heapq.nlargest(width, candidates, key=lambda c: c[0])
     return [Beam(beam.tokens + (token,), score, beam.text + table.token_bytes[token], beam.slots)
