@@ -1,5 +1,8 @@
 """The forward pass against Hugging Face transformers' LlamaForCausalLM on the same weights."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -164,3 +167,13 @@ def test_cuda_matches_cpu(default_model_path, ours):
     session._ensure_slots(len(ids))
     logits = gpu.model(torch.tensor(ids, device="cuda"), torch.arange(len(ids), device="cuda"), session.cache)
     assert (logits.cpu() - full_forward(ours, ids)).abs().max().item() < 1e-2
+
+
+def test_loading_the_model_imports_no_compiler(default_model_path):
+    """Building the model on the meta device must not run Python decompositions: their first use
+    imports torch._dynamo and sympy, ~70 MB of resident memory in every server process."""
+    script = ("import sys; from nextword.model.loading import load_model; "
+              f"load_model({str(default_model_path)!r}, device='cpu', packed=True); "
+              "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
