@@ -6,7 +6,7 @@ import pytest
 
 from nextword import Predictor, Suggestion
 from nextword.predict.predictor import QUICK_START_TOKENS, SPECULATED_LETTERS
-from nextword.predict.session import PREFILL_CHUNK, Cancelled
+from nextword.predict.session import PREFILL_CHUNK, SCRATCH_SLOTS, Cancelled
 from nextword.predict.text import split_partial_word
 
 STORY = ("Naomi had a relative of her husband's, a mighty man of wealth, of the family of Elimelech, "
@@ -214,6 +214,18 @@ def test_long_document_uses_a_window_before_the_cursor(p):
     before = p.tokens_computed
     p.predict(text + "Let ", session="long")
     assert p.tokens_computed - before <= 4 + 64
+
+
+def test_a_document_cache_is_allocated_once_for_a_full_window(p):
+    """Growing a KV cache copies it, holding both copies at once: a document's cache is sized
+    for a full window and a word search from the first request on."""
+    text = STORY * 3  # a short document first, then one that fills the window
+    p.predict(text, session="sized")
+    cache = p._sessions["sized"].cache
+    assert cache.slots == p.max_context_tokens + SCRATCH_SLOTS
+    for more in ("Let ", "Let me ", "Let me go "):
+        p.speculate(STORY * 200 + more, session="sized")
+    assert p._sessions["sized"].cache is cache and cache.slots == p.max_context_tokens + SCRATCH_SLOTS
 
 
 def test_a_cold_document_first_answers_from_recent_text(p):

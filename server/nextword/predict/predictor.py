@@ -240,7 +240,8 @@ class Predictor:
             if recent:
                 # The recent text starts at a fixed token, so typing on extends its cache too.
                 if session not in self._recent:
-                    self._recent[session] = (max(1, len(ids) - QUICK_START_TOKENS), Session(self.model))
+                    self._recent[session] = (max(1, len(ids) - QUICK_START_TOKENS),
+                                             Session(self.model, QUICK_START_TOKENS + PREFILL_CHUNK))
                 start, s = self._recent[session]
                 ids = [self.start_id] + ids[min(start, len(ids) - 1):]
             logits = s.sync(ids, cancelled)
@@ -306,7 +307,7 @@ class Predictor:
             old_key, old = self._sessions.popitem(last=False)
             self._drop_recent(old_key)
             self._closed_tokens += old.tokens_computed
-        s = self._sessions[key] = Session(self.model)
+        s = self._sessions[key] = Session(self.model, self.max_context_tokens)
         return s
 
     def _window_ids(self, s: Session, context: str) -> list[int]:

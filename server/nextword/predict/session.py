@@ -21,7 +21,7 @@ __all__ = ["Cancelled", "Session", "common_prefix_length", "remember"]
 PREFILL_CHUNK = 64  # tokens per forward call while prefilling: ~60 ms, so that the background
 # prefill of a document being typed in gets a chunk done between keystrokes (and 64-token chunks
 # are as fast per token as 256-token ones on CPU)
-SCRATCH_SLOTS = 512  # room after the context for the beams of one word search
+SCRATCH_SLOTS = 256  # room after the context for the beams of one word search (which use ~200 at most)
 REMEMBERED_CONTEXTS = 16  # contexts whose logits and word lists a session keeps
 
 
@@ -34,9 +34,13 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Session:
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Transformer, context_tokens: int = 0):
+        """context_tokens: the most context this session is expected to hold. Its cache is
+        allocated for that much plus SCRATCH_SLOTS on first use, so that it need not grow
+        (growing copies the cache, holding both copies for a moment)."""
         self.model = model
-        self.cache: KVCache | None = None  # allocated on first use, grown as needed
+        self.cache: KVCache | None = None  # allocated on first use, grown if ever needed
+        self._planned_slots = context_tokens + SCRATCH_SLOTS
         self.ids: list[int] = []  # tokens whose keys/values are valid in cache slots [0, len(ids))
         self.window_start = 0  # character offset of the context window in the document
         # The predictor's recently tokenized window texts: speculation goes back and forth between
@@ -147,7 +151,7 @@ class Session:
 
     def _ensure_slots(self, slots: int) -> None:
         if self.cache is None:
-            self.cache = self.model.new_cache(slots)
+            self.cache = self.model.new_cache(max(slots, self._planned_slots))
         elif slots > self.cache.slots:
             self.cache.grow(max(slots, self.cache.slots * 3 // 2))
 
