@@ -177,3 +177,21 @@ def test_loading_the_model_imports_no_compiler(default_model_path):
               "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_moved_window_keeps_its_first_layer_exactly(ours):
+    """`Session.moved` puts cached tokens at new positions: their first layer's keys and values
+    depend only on the token and its position, so they equal a fresh computation there; deeper
+    layers had also attended to the dropped tokens, so they are close, not equal."""
+    ids = ours.tokenizer.encode(PROSE)
+    start = ours.tokenizer.document_start_id
+    dropped, kept = ids[:12], ids[12:]
+    old, fresh = Session(ours.model), Session(ours.model)
+    old.sync([start] + dropped + kept)
+    fresh.sync([start] + kept)
+    moved = old.moved(1 + len(dropped), len(kept), len(kept))
+    assert moved.ids == fresh.ids
+    span = len(fresh.ids)
+    torch.testing.assert_close(moved.cache.k[0, :, :span], fresh.cache.k[0, :, :span])
+    torch.testing.assert_close(moved.cache.v[0, :, :span], fresh.cache.v[0, :, :span])
+    assert not torch.allclose(moved.cache.k[-1, :, 1:span], fresh.cache.k[-1, :, 1:span], atol=1e-3)

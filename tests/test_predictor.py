@@ -228,6 +228,32 @@ def test_a_document_cache_is_allocated_once_for_a_full_window(p):
     assert p._sessions["sized"].cache is cache and cache.slots == p.max_context_tokens + SCRATCH_SLOTS
 
 
+def test_a_moved_window_answers_at_once_from_the_old_cache(p):
+    """When the window overflows it moves forward, and the half it keeps is computed again at its
+    new positions in the background. Until then quick-start requests answer from the old cache's
+    tokens moved there: the kept text is not computed again, and the words are those the recomputed
+    window gives (in this case; the moved keys and values are approximate, see `Session.moved`)."""
+    text = ""
+    for day in range(200):  # ~1000 tokens of prose that does not repeat itself
+        sentence = f"On day {day} Ruth gleaned {day % 7 + 2} sheaves in the field of Boaz, and Naomi waited. "
+        if len(p.tokenizer.encode(text + sentence)) > 1000:
+            break
+        text += sentence
+    p.predict(text, session="moving")  # the whole window cached
+    start = p._sessions["moving"].window_start
+    longer = text + ("Then Boaz said to Ruth, listen well, my daughter: do not go to glean in another field, "
+                     "and do not leave this one, but stay close to my young women. Keep your eyes on the field "
+                     "that they reap, and go after them. Have I not told the young men not to touch you? And ")
+    before = p.tokens_computed
+    moved = p.predict(longer, session="moving", quick_start=True)
+    assert p._sessions["moving"].window_start > start
+    _, recent = p._recent["moving"]
+    assert len(recent.ids) > 2 * QUICK_START_TOKENS  # the kept half of the window
+    assert p.tokens_computed - before < QUICK_START_TOKENS  # the new sentence and the search only
+    p.prefill(longer, session="moving")
+    assert set(words(p.predict(longer, session="moving", quick_start=True))) == set(words(moved))
+
+
 def test_a_cold_document_first_answers_from_recent_text(p):
     text = STORY * 12  # ~500 tokens, none of them in a cache yet
     before = p.tokens_computed
@@ -249,7 +275,7 @@ def test_a_cold_document_answers_from_recent_text_until_the_window_is_nearly_fil
     text = STORY * 12
     assert p.predict(text, session="cold", quick_start=True)
     p.prefill(text[:len(text) - 400], session="cold")  # the background work got this far: ~100 tokens short
-    missing = len(p._window_ids(p._sessions["cold"], text)) - len(p._sessions["cold"].ids)
+    missing = len(p._window_ids("cold", text)) - len(p._sessions["cold"].ids)
     assert PREFILL_CHUNK < missing <= QUICK_START_TOKENS
     before = p.tokens_computed
     assert p.predict(text, session="cold", quick_start=True)

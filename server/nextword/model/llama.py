@@ -81,6 +81,14 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def move_keys(keys: Tensor, by: int, config: ModelConfig) -> Tensor:
+    """Cached keys [..., T, head_dim], rotated for positions p, re-rotated for positions p + by:
+    rotary angles add up, so moving a key is one more rotation (by `by` positions). In fp32."""
+    cos, sin = rotary_tables(config, abs(by) + 1, keys.device)
+    sign = 1.0 if by >= 0 else -1.0
+    return apply_rotary(keys.float(), cos[abs(by)], sign * sin[abs(by)]).to(keys.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -41,6 +41,7 @@ __all__ = ["Cancelled", "Predictor", "Suggestion"]
 CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
 SPECULATED_LETTERS = 4  # next letters whose lists are prepared between keystrokes
 QUICK_START_TOKENS = 192  # recent text a cold document's first answers come from (see `predict`)
+MOVE_PROBE_TOKENS = 16  # tokens that find where a moved window's text starts in the old cache
 CACHED_DOCUMENTS = 64  # documents whose words the cache model keeps (least recently used are dropped)
 
 
@@ -217,7 +218,7 @@ class Predictor:
         stripped, gap = split_gap(context)
         with self._lock:
             s = self._session(session)
-            logits = s.sync(self._window_ids(s, stripped), cancelled)  # remembered: the word-start list needed it
+            logits = s.sync(self._window_ids(session, stripped), cancelled)  # remembered: the word-start list needed it
         return first_letter_odds(logits, self.table, gap)
 
     def _words_at(self, text_before_cursor: str, n: int, session: str, cancelled: Callable[[], bool] | None,
@@ -232,7 +233,7 @@ class Predictor:
         stripped, gap = split_gap(context)
         with self._lock:
             s = self._session(session)
-            ids = self._window_ids(s, stripped)
+            ids = self._window_ids(session, stripped)
             lag = len(ids) - common_prefix_length(s.ids, ids)
             # Once answering from the recent text, go on until background work has filled the
             # window to within a chunk: a request then never waits for more than one chunk of it.
@@ -278,7 +279,7 @@ class Predictor:
         context, _ = split_partial_word(_clean(text))
         context, _ = split_gap(context)
         s = self._session(session)
-        s.sync(self._window_ids(s, context), cancelled)
+        s.sync(self._window_ids(session, context), cancelled)
         return s
 
     def close_session(self, session: str) -> None:
@@ -310,11 +311,21 @@ class Predictor:
         s = self._sessions[key] = Session(self.model, self.max_context_tokens)
         return s
 
-    def _window_ids(self, s: Session, context: str) -> list[int]:
+    def _window_ids(self, session: str, context: str) -> list[int]:
         """Token ids of the context window: a document-start token, then the text from the
-        session's window start. The start stays put while the window fits (so the cached prefix
-        stays valid) and jumps forward to a line or sentence start, keeping about half the
-        window, when it overflows."""
+        session's window start (`_window_tokens`); when the start moves, the quick start answers
+        from the old cache for a while (`_quick_start_from_moved_window`)."""
+        s = self._sessions[session]
+        start, cached = s.window_start, s.ids
+        window = self._window_tokens(s, context)
+        if s.window_start != start and len(cached) > 1:
+            self._quick_start_from_moved_window(session, s, cached, window)
+        return window
+
+    def _window_tokens(self, s: Session, context: str) -> list[int]:
+        """The window start stays put while the window fits (so the cached prefix stays valid)
+        and jumps forward to a line or sentence start, keeping about half the window, when it
+        overflows."""
         budget = self.max_context_tokens - 1
         if not self._start_fits(context, s.window_start):
             s.window_start = self._window_start(context, len(context) - budget * CHARS_PER_TOKEN)
@@ -324,6 +335,23 @@ class Predictor:
             s.window_start = self._window_start(context, len(context) - keep_chars)
             ids = self._encode(s, context[s.window_start:])
         return [self.start_id] + ids
+
+    def _quick_start_from_moved_window(self, session: str, s: Session, cached: list[int], window: list[int]) -> None:
+        """The window just moved forward, so the whole of it is to be computed again (~0.5 s on
+        a CPU). Until then quick-start requests answer from the cached tokens the new window
+        keeps, moved to their new positions (`Session.moved`): at once, and from more context than
+        QUICK_START_TOKENS computed from scratch would give. The new window's first token may
+        differ from the cached one (" The" -> "The" at a sentence start), so the kept tokens are
+        found from the second on."""
+        self._drop_recent(session)
+        probe = window[2:2 + MOVE_PROBE_TOKENS]
+        matches = [i for i in range(1, len(cached) - len(probe) + 1) if cached[i:i + len(probe)] == probe]
+        if len(probe) < MOVE_PROBE_TOKENS or not matches:
+            return
+        first = max(matches, key=lambda i: common_prefix_length(cached[i:], window[2:]))
+        count = common_prefix_length(cached[first:], window[2:])
+        if count > QUICK_START_TOKENS:  # else the usual quick start answers from as much context
+            self._recent[session] = (2, s.moved(first, count, count + PREFILL_CHUNK))
 
     def _start_fits(self, context: str, start: int) -> bool:
         """Whether a window start can stay for `context` before tokenizing: it is inside the text,

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from nextword.model.cancel import Cancelled
-from nextword.model.llama import KVCache, Transformer
+from nextword.model.llama import KVCache, Transformer, move_keys
 
 __all__ = ["Cancelled", "Session", "common_prefix_length", "remember"]
 
@@ -99,6 +99,21 @@ class Session:
         self.ids = ids[:]
         remember(self._logits, tuple(ids), logits)
         return logits
+
+    def moved(self, first: int, count: int, context_tokens: int) -> Session:
+        """A new session holding this one's tokens [first, first + count) at positions 1.., after
+        the document-start token at 0: for a context window that moved forward, to answer from at
+        once while the new window is computed. The keys are re-rotated to their new positions and
+        the values copied. Approximate, as llama.cpp's context shift is: those keys and values were
+        computed attending to the tokens before `first` too."""
+        moved = Session(self.model, context_tokens)
+        moved._ensure_slots(1 + count)
+        k, v = self.cache.k, self.cache.v
+        moved.cache.k[:, :, 0], moved.cache.v[:, :, 0] = k[:, :, 0], v[:, :, 0]
+        moved.cache.k[:, :, 1:1 + count] = move_keys(k[:, :, first:first + count], 1 - first, self.model.config)
+        moved.cache.v[:, :, 1:1 + count] = v[:, :, first:first + count]
+        moved.ids = self.ids[:1] + self.ids[first:first + count]
+        return moved
 
     def word_lists(self) -> dict:
         """The predictor's memo for the current context (candidate lists by gap and typed prefix)."""
