@@ -136,6 +136,28 @@ async def test_inline_completion(client: LanguageClient, predictor):
     predictor.close_session("test-expected")
 
 
+async def test_completion_and_inline_at_one_cursor_share_the_word_search(client: LanguageClient, predictor):
+    """Editors ask for both at every key, completion first, and one word search answers both:
+    the ghost text starts with the completion's best word and goes on only with words the model
+    is confident of."""
+    text = "In the spring of that year the farmers of the valley planted their "
+    open_doc(client, "file:///both.md", text)
+    position = types.Position(0, len(text))
+    completion = client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri="file:///both.md"), position=position))
+    inline = client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri="file:///both.md"), position=position,
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+    completion, inline = await asyncio.gather(completion, inline)
+    (item,) = inline.items
+    words = item.insert_text.split(" ")
+    assert words[0] == completion.items[0].label == expected_words(predictor, text)[0]
+    for i in range(1, len(words)):
+        (best,) = predictor.predict(text + " ".join(words[:i]) + " ", 1, session="test-expected")
+        assert best.word == words[i] and best.probability >= 0.5
+    predictor.close_session("test-expected")
+
+
 async def test_ghost_text_answers_by_its_deadline_and_goes_on(predictor):
     """Past its deadline, ghost text answers with the word found so far, then computes the rest
     (remembered for the next keystrokes)."""

@@ -54,6 +54,9 @@ class NextwordServer(LanguageServer):
         self.settings = Settings()  # the command line's; the client's are applied on top
         self.engine = Engine()
         self._progress_tokens = itertools.count(1)
+        # By document: the cursor (version, offset) of the latest completion request's word search
+        # and its answer, which inline completion at the same cursor takes its first word from.
+        self.searches: dict[str, tuple[int, int, asyncio.Future[list[Suggestion]]]] = {}
 
     # Running on a transport. Each returns the exit status (see NextwordProtocol.lsp_exit).
 
@@ -256,6 +259,7 @@ def did_change(ls: NextwordServer, params: types.DidChangeTextDocumentParams) ->
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: NextwordServer, params: types.DidCloseTextDocumentParams) -> None:
     ls.engine.close(params.text_document.uri)
+    ls.searches.pop(params.text_document.uri, None)
 
 
 @server.feature(types.SHUTDOWN)
@@ -281,8 +285,11 @@ async def completion(ls: NextwordServer, params: types.CompletionParams) -> type
     # Most keystrokes inside a word find their answer prepared: give it without a thread hop.
     words = ls.engine.answer_now(doc.uri, "completion", prepared(context, n, doc.uri))
     if words is None:
+        search = asyncio.ensure_future(ls.engine.run_answering(doc.uri, "completion",
+                                                               suggest(context, n, doc.uri, deadline)))
+        ls.searches[doc.uri] = (doc.version, offset, search)
         try:
-            words = await ls.engine.run_answering(doc.uri, "completion", suggest(context, n, doc.uri, deadline))
+            words = await search
         except Cancelled:  # superseded by a newer request or edit for this document
             return types.CompletionList(is_incomplete=True, items=[])
     ls.warm_after_answer(doc, offset)  # idle time until the next keystroke: prepare the next word
@@ -335,8 +342,20 @@ async def inline_completion(ls: NextwordServer, params: types.InlineCompletionPa
     replace = types.Range(start=doc.position_at(cursor.start), end=doc.position_at(offset))
     context = ls.engine.context(doc.uri, doc.text, offset)
     prepared_text = ls.engine.answer_now(doc.uri, "inline", _prepared_ghost_text(context, cursor.typed, doc.uri))
+    search = ls.searches.get(doc.uri)
     if prepared_text is not None:
         (text,) = prepared_text
+    elif search is not None and search[:2] == (doc.version, offset):
+        # Editors ask for completion and inline completion at every key, completion first: one
+        # word search answers both. The ghost text's first word is the completion's best; the
+        # words after it only where prepared (the search for them would answer after the next key).
+        try:
+            words = await asyncio.shield(search[2])  # not cancelled if this request is
+        except (Cancelled, asyncio.CancelledError):
+            if asyncio.current_task().cancelling():  # this request was cancelled
+                raise
+            return types.InlineCompletionList(items=[])  # the search was stopped: this cursor is stale
+        text = ls.engine.answer_now(doc.uri, "inline", _ghost_text_after(words[:1], context, cursor.typed, doc.uri))
     else:
         try:
             text = await ls.engine.run_answering(doc.uri, "inline",
@@ -381,6 +400,16 @@ def _prepared_ghost_text(context: str, typed: str, session: str):
             return (_ghost(context, typed, lambda text, before: best(predictor, text)),)
         except _NotPrepared:
             return None
+    return lookup
+
+
+def _ghost_text_after(first: list[Suggestion], context: str, typed: str, session: str):
+    """The ghost text that starts with `first` (a list of one word, or none), continued with the
+    prepared words after it."""
+    def lookup(predictor: Predictor) -> str | None:
+        def best(text: str, before: list[Suggestion]) -> list[Suggestion]:
+            return first if not before else predictor.prepared(text, 1, session=session) or []
+        return _ghost(context, typed, best)
     return lookup
 
 
