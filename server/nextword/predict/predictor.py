@@ -345,8 +345,10 @@ class Predictor:
         found from the second on."""
         self._drop_recent(session)
         probe = window[2:2 + MOVE_PROBE_TOKENS]
+        if len(probe) < MOVE_PROBE_TOKENS:
+            return
         matches = [i for i in range(1, len(cached) - len(probe) + 1) if cached[i:i + len(probe)] == probe]
-        if len(probe) < MOVE_PROBE_TOKENS or not matches:
+        if not matches:
             return
         first = max(matches, key=lambda i: common_prefix_length(cached[i:], window[2:]))
         count = common_prefix_length(cached[first:], window[2:])
