@@ -54,8 +54,9 @@ class NextwordServer(LanguageServer):
         self.settings = Settings()  # the command line's; the client's are applied on top
         self.engine = Engine()
         self._progress_tokens = itertools.count(1)
-        # By document: the cursor (version, offset) of the latest completion request's word search
-        # and its answer, which inline completion at the same cursor takes its first word from.
+        # By document: the cursor (version, offset) of the latest completion request that searched
+        # for its words, and its answer (cancelled if the search stopped), which inline completion
+        # at the same cursor takes its first word from.
         self.searches: dict[str, tuple[int, int, asyncio.Future[list[Suggestion]]]] = {}
 
     # Running on a transport. Each returns the exit status (see NextwordProtocol.lsp_exit).
@@ -285,13 +286,17 @@ async def completion(ls: NextwordServer, params: types.CompletionParams) -> type
     # Most keystrokes inside a word find their answer prepared: give it without a thread hop.
     words = ls.engine.answer_now(doc.uri, "completion", prepared(context, n, doc.uri))
     if words is None:
-        search = asyncio.ensure_future(ls.engine.run_answering(doc.uri, "completion",
-                                                               suggest(context, n, doc.uri, deadline)))
+        search = asyncio.get_running_loop().create_future()  # the answer, for inline completion here
         ls.searches[doc.uri] = (doc.version, offset, search)
         try:
-            words = await search
+            words = await ls.engine.run_answering(doc.uri, "completion", suggest(context, n, doc.uri, deadline))
         except Cancelled:  # superseded by a newer request or edit for this document
             return types.CompletionList(is_incomplete=True, items=[])
+        finally:  # inline completion at this cursor takes these words, or nothing if the search stopped
+            if words is None:
+                search.cancel()
+            else:
+                search.set_result(words)
     ls.warm_after_answer(doc, offset)  # idle time until the next keystroke: prepare the next word
     origin = {"uri": doc.uri, "version": doc.version, "offset": offset}
     return types.CompletionList(is_incomplete=True, items=completion_items(words, replace, origin))
@@ -350,8 +355,8 @@ async def inline_completion(ls: NextwordServer, params: types.InlineCompletionPa
         # word search answers both. The ghost text's first word is the completion's best; the
         # words after it only where prepared (the search for them would answer after the next key).
         try:
-            words = await asyncio.shield(search[2])  # not cancelled if this request is
-        except (Cancelled, asyncio.CancelledError):
+            words = await asyncio.shield(search[2])  # cancelling this request leaves the answer be
+        except asyncio.CancelledError:
             if asyncio.current_task().cancelling():  # this request was cancelled
                 raise
             return types.InlineCompletionList(items=[])  # the search was stopped: this cursor is stale
