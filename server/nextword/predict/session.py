@@ -110,7 +110,9 @@ class Session:
         moved._ensure_slots(1 + count)
         k, v = self.cache.k, self.cache.v
         moved.cache.k[:, :, 0], moved.cache.v[:, :, 0] = k[:, :, 0], v[:, :, 0]
-        moved.cache.k[:, :, 1:1 + count] = move_keys(k[:, :, first:first + count], 1 - first, self.model.config)
+        for layer in range(k.shape[0]):  # a layer at a time: the rotation works on an fp32 copy
+            moved.cache.k[layer, :, 1:1 + count] = move_keys(k[layer, :, first:first + count], 1 - first,
+                                                             self.model.config)
         moved.cache.v[:, :, 1:1 + count] = v[:, :, first:first + count]
         moved.ids = self.ids[:1] + self.ids[first:first + count]
         return moved
