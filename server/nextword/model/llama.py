@@ -65,11 +65,15 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+def rotary_frequencies(config: ModelConfig, device: torch.device) -> Tensor:
+    """The rotation per position of each of the head_dim / 2 dimension pairs, in radians."""
+    half = config.head_dim // 2
+    return 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float32, device=device) / half))
+
+
 def rotary_tables(config: ModelConfig, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """cos/sin tables [length, head_dim] for rotate-half rotary embeddings."""
-    half = config.head_dim // 2
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float32, device=device) / half))
-    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), rotary_frequencies(config, device))
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -84,9 +88,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def move_keys(keys: Tensor, by: int, config: ModelConfig) -> Tensor:
     """Cached keys [..., T, head_dim], rotated for positions p, re-rotated for positions p + by:
     rotary angles add up, so moving a key is one more rotation (by `by` positions). In fp32."""
-    cos, sin = rotary_tables(config, abs(by) + 1, keys.device)
-    sign = 1.0 if by >= 0 else -1.0
-    return apply_rotary(keys.float(), cos[abs(by)], sign * sin[abs(by)]).to(keys.dtype)
+    angles = by * rotary_frequencies(config, keys.device)
+    angles = torch.cat([angles, angles])
+    return apply_rotary(keys.float(), angles.cos(), angles.sin()).to(keys.dtype)
 
 
 class Attention(nn.Module):

@@ -355,8 +355,7 @@ class Predictor:
         matches = [i for i in range(1, len(cached) - len(probe) + 1) if cached[i:i + len(probe)] == probe]
         if not matches:
             return
-        first = max(matches, key=lambda i: common_prefix_length(cached[i:], window[2:]))
-        count = common_prefix_length(cached[first:], window[2:])
+        count, first = max(((common_prefix_length(cached[i:], window[2:]), i) for i in matches), key=lambda c: c[0])
         if count > QUICK_START_TOKENS:  # else the usual quick start answers from as much context
             self._recent[session] = (2, s.moved(first, count, count + PREFILL_CHUNK))
 
