@@ -110,8 +110,9 @@ def _type(server: LspProcess, uri: str, context: str, typed: str, n: int, pace: 
         sent = time.perf_counter()
         answers = [(finish, server.request_nowait("textDocument/completion", cursor), sent)]
         if inline:  # right after, as VS Code asks for both at every keystroke
+            inline_sent = time.perf_counter()  # before sending: the reader thread may time the answer first
             answers.append((finish_inline, server.request_nowait(
-                "textDocument/inlineCompletion", {**cursor, "context": {"triggerKind": 2}}), time.perf_counter()))
+                "textDocument/inlineCompletion", {**cursor, "context": {"triggerKind": 2}}), inline_sent))
             inline_latencies.append(0.0)
         latencies.append(0.0)
         shown.append([])
