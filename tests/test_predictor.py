@@ -386,3 +386,44 @@ def test_searching_several_prefixes_at_once_equals_searching_each(default_model_
         for a, b in zip(together[typed][:3], alone[:3]):
             assert abs(a.logprob - b.logprob) < 1e-3
         assert all(w.word.lower().startswith(typed.lower()) for w in alone)
+
+
+def test_an_interrupted_word_search_goes_on_where_it_stopped(default_model_path):
+    """The keystroke that interrupts the search prepared between keys is often the letter it was
+    preparing for: the next search of the same context takes over the interrupted one's beams
+    (their keys and values are still in the scratch slots) instead of starting again, and finds
+    what an uninterrupted search finds. Once anything has written over the scratch slots, the
+    next search starts over."""
+    from nextword.model.loading import load_model
+    from nextword.predict.session import Session
+    from nextword.predict.word_search import TokenTable, search_words
+
+    loaded = load_model(default_model_path, device="cpu", dtype="float32")
+    table = TokenTable(loaded.tokenizer.token_bytes, loaded.tokenizer.special_ids)
+    context = [loaded.tokenizer.document_start_id] + loaded.tokenizer.encode(STORY.rstrip())
+    session = Session(loaded.model)
+    logits = session.sync(context)
+
+    def search(cancel_after_one_step: bool = False) -> tuple[list, int]:
+        before = session.tokens_computed
+        cancelled = (lambda: session.tokens_computed > before) if cancel_after_one_step else None
+        found = search_words(session, logits, table, " ", ["Eli"], n=3, cancelled=cancelled)["Eli"]
+        return [(w.word, w.logprob) for w in found], session.tokens_computed - before
+
+    whole, whole_cost = search()
+    first_step = session.tokens_computed
+    with pytest.raises(Cancelled):
+        search(cancel_after_one_step=True)
+    first_step = session.tokens_computed - first_step
+    assert 0 < first_step < whole_cost
+    resumed, resumed_cost = search()
+    assert resumed_cost == whole_cost - first_step  # the first step was not run again
+    assert [w for w, _ in resumed] == [w for w, _ in whole]
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(resumed, whole))
+
+    with pytest.raises(Cancelled):
+        search(cancel_after_one_step=True)
+    session.sync(context + loaded.tokenizer.encode(" what"))  # written where the beams were
+    logits = session.sync(context)
+    again, again_cost = search()
+    assert again_cost == whole_cost and [w for w, _ in again] == [w for w, _ in whole]

@@ -55,6 +55,7 @@ class Session:
         # context + word token ids, so that typing the word costs a copy, not a forward call.
         self._extensions: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = OrderedDict()
         self._scratch_used = 0
+        self._paused_search: tuple[tuple[int, ...], object] | None = None  # see `pause_search`
 
     def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
         """Make the cache hold exactly `ids`; return the next-token logits after them."""
@@ -68,6 +69,7 @@ class Session:
             return self._logits[key]
         keep = min(keep, len(ids) - 1)  # recompute at least the last token to get its logits
         self._ensure_slots(len(ids) + SCRATCH_SLOTS)
+        self._paused_search = None  # what follows writes over the scratch slots
         extension = self._extensions.get(key)
         if extension is not None and keep >= len(ids) - extension[0].shape[2]:
             return self._extend_from(ids, *extension)
@@ -161,6 +163,20 @@ class Session:
 
     def reset_scratch(self) -> None:
         self._scratch_used = 0
+        self._paused_search = None
+
+    def pause_search(self, search: object) -> None:
+        """Keep the state of a word search interrupted between steps, whose beams' keys and values
+        are in the scratch slots, so that the next search of this context can go on from it
+        (`resume_search`) rather than start over: the keystroke that interrupts the search
+        prepared between keys is often the letter it was preparing for."""
+        self._paused_search = (tuple(self.ids), search)
+
+    def resume_search(self) -> object | None:
+        """The search paused at this context, if no model call has written over its scratch slots
+        since; it is handed over once, and its scratch slots stay in use."""
+        paused, self._paused_search = self._paused_search, None
+        return paused[1] if paused is not None and paused[0] == tuple(self.ids) else None
 
     @property
     def _device(self) -> torch.device:

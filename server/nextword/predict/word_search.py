@@ -25,7 +25,7 @@ from functools import cache, lru_cache, partial
 import torch
 from torch import Tensor
 
-from nextword.predict.session import Session
+from nextword.predict.session import Cancelled, Session
 from nextword.predict.text import APOSTROPHES, WORD_RE
 
 MAX_WORD_TOKENS = 8
@@ -130,20 +130,27 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
     prefix's search runs until its n best words of at least len(prefix) + 2 characters (shorter
     ones save no keystroke) are settled; shorter words found on the way are returned too.
     `on_done(prefix, words)` is called as soon as a prefix's list is final, so that work
-    interrupted by `cancelled` keeps the lists already settled.
+    interrupted by `cancelled` keeps the lists already settled; the unsettled ones' beams are left
+    with the session (`Session.pause_search`), and the next search of the same context goes on
+    from them for the prefixes it shares (the keystroke that interrupts the search prepared
+    between keys is often the letter being prepared for).
     deadline: a `time.monotonic()` to answer by: after the last step expected to end before it,
     `at_deadline(words found so far by prefix)` is called, once, and the search goes on (its
     final lists are what the next keystrokes need). A rare word's list may hold no word long
     enough to show by then.
     """
     root = torch.log_softmax(first_logits[None], -1)
-    groups = {typed: _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2) for typed in dict.fromkeys(prefixes)}
+    paused: dict[bytes, _Group] = session.resume_search() or {}  # by required bytes
+    groups = {typed: paused.pop(_ascii_lower((gap + typed).encode()), None) for typed in dict.fromkeys(prefixes)}
+    if not any(groups.values()):
+        session.reset_scratch()  # else the resumed beams' keys and values stay in their slots
     gap_bytes = len(gap.encode())
     free = cache(partial(_best_continuations, root, table, beam_width))
-    for group in groups.values():
-        group.beams = _extend([Beam((), 0.0, b"")], [0], root, free, table, group.required, beam_width)
-    session.reset_scratch()
-    for _ in range(MAX_WORD_TOKENS):
+    for typed, group in groups.items():
+        if group is None:
+            group = groups[typed] = _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2)
+            group.beams = _extend([Beam((), 0.0, b"")], [0], root, free, table, group.required, beam_width)
+    while True:
         step_started = time.monotonic()
         # Beams of different prefixes can hold the same tokens (" The" for "" and "T"): run each path once.
         rows: dict[tuple[int, ...], int] = {}
@@ -154,8 +161,12 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 firsts.append(beam)
         if not firsts:
             break
-        logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
-                                          [b.slots for b in firsts], cancelled)
+        try:
+            logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
+                                              [b.slots for b in firsts], cancelled)
+        except Cancelled:
+            session.pause_search({g.required: g for g in groups.values() if g.beams})
+            raise
         logprobs = torch.log_softmax(logits, -1)
         log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
         free = cache(partial(_best_continuations, logprobs, table, beam_width))  # if a beam needs it
@@ -171,15 +182,13 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
             if group.beams:
                 group.beams = _extend(group.beams, [rows[b.tokens] for b in group.beams], logprobs, free, table,
                                       group.required, beam_width)
-                if group.settled(n):
-                    group.beams = []
+                if group.settled(n) or len(group.beams[0].tokens) > MAX_WORD_TOKENS:
+                    group.beams = []  # settled, or out of steps: what was found is final
         _report_final(session, groups, n, on_done)
         # Another step as long as this one would end past the deadline: answer with what was found.
         if deadline is not None and at_deadline is not None and 2 * time.monotonic() - step_started >= deadline:
             at_deadline({typed: g.ranked() for typed, g in groups.items()})
             at_deadline = None
-    for group in groups.values():
-        group.beams = []  # out of steps: what was found is final
     _report_final(session, groups, n, on_done)
     return {typed: g.ranked() for typed, g in groups.items()}
 
