@@ -121,6 +121,16 @@ def test_unknown_server_is_a_clear_error():
     assert server_command("naive")[:3] == [sys.executable, "-m", "nextword.eval.peers"]
 
 
+def test_bench_lsp_says_when_the_server_cannot_load_its_model(tmp_path):
+    """Rather than wait forever for suggestions that cannot come."""
+    from nextword.eval.bench_lsp import run_bench
+    text = tmp_path / "text.txt"
+    text.write_text(CONTEXT + "Madrid", encoding="utf-8")
+    command = [sys.executable, "-m", "nextword", "serve", "--model", str(tmp_path / "missing.safetensors")]
+    with pytest.raises(ValueError, match="no model to bench: .*cannot load the model.*missing.safetensors"):
+        run_bench(text, command, typed_chars=6)
+
+
 @pytest.mark.parametrize("inline", [False, True])
 def test_bench_lsp_types_the_text_and_times_every_request(default_model_path, tmp_path, inline):
     from nextword.eval.bench_lsp import run_bench

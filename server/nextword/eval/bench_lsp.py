@@ -34,7 +34,9 @@ def run_bench(text_path: Path, server_command: list[str], typed_chars: int = 600
     server = LspProcess(server_command, configuration={"nextword": {"maxSuggestions": n}})
     try:
         server.initialize()
-        server.wait_ready()
+        loaded = server.wait_ready()["params"]["message"]
+        if "cannot load" in loaded:
+            raise ValueError(f"the server has no model to bench: {loaded}")
         report: dict = {"text": str(text_path), "context_chars": len(context), "typed_chars": len(typed), "n": n,
                         "inline": inline}
         report["open_to_first_answer_ms"] = _open_to_first_answer(server, "file:///bench/open.txt", context)
@@ -59,12 +61,14 @@ def _position(text: str) -> dict:
     return {"line": text.count("\n"), "character": len(text) - (text.rfind("\n") + 1)}  # the bench text is ASCII
 
 
-def _open_to_first_answer(server: LspProcess, uri: str, context: str) -> float:
+def _open_to_first_answer(server: LspProcess, uri: str, context: str, give_up_s: float = 60) -> float:
     """Milliseconds from didOpen to a completion answer with items (asking again while empty)."""
     started = time.perf_counter()
     _open(server, uri, context)
     while not server.request("textDocument/completion", {"textDocument": {"uri": uri},
                                                          "position": _position(context)})["result"]["items"]:
+        if time.perf_counter() - started > give_up_s:
+            raise TimeoutError(f"no suggestions came within {give_up_s:.0f} s of opening the document")
         time.sleep(0.01)
     elapsed = (time.perf_counter() - started) * 1000
     server.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
