@@ -287,3 +287,12 @@ def test_websocket_transport():
         assert (message["id"], message["error"]["code"]) == (None, -32700)
         ws.send(json.dumps({"jsonrpc": "2.0", "method": "exit"}))
     assert server.wait(30) == 1  # exit without shutdown
+
+
+def test_the_dtype_setting_takes_int8_and_names_the_formats_it_refuses():
+    from nextword.lsp.settings import Settings
+    settings, problems = Settings().updated({"dtype": "int8"})
+    assert settings.dtype == "int8" and problems == []
+    settings, problems = Settings().updated({"dtype": "int4"})
+    assert settings.dtype is None
+    assert problems == ["nextword.dtype: expected one of float32, bfloat16, float16, int8, got 'int4'; keeping None"]

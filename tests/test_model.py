@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
+from nextword.model.llama import replace_linear_layers
 from nextword.model.loading import load_model
-from nextword.model.packed_linear import PackedLinear, can_pack, pack_linear_layers
+from nextword.model.packed_linear import PackedLinear, can_pack
 from nextword.model.weights_file import read_model_file
 from nextword.predict.session import Session
 from nextword.weights.hf_convert import to_transformers
@@ -103,7 +104,7 @@ def test_packed_linear_layers_give_the_same_logits(default_model_path, dtype):
     packed = load_model(default_model_path, device="cpu", dtype=dtype)
     if not can_pack(packed.device, packed.dtype):
         pytest.skip(f"oneDNN cannot run {dtype} here")
-    assert pack_linear_layers(packed.model) == 4 * plain.config.n_layers + 1
+    assert replace_linear_layers(packed.model, PackedLinear) == 4 * plain.config.n_layers + 1
     assert not any(isinstance(m, torch.nn.Linear) for m in packed.model.modules())
     ids = plain.tokenizer.encode(PROSE)
     expected, got = full_forward(plain, ids), full_forward(packed, ids)
@@ -123,6 +124,39 @@ def test_packed_linear_pads_rows_without_changing_results(rows):
         got = PackedLinear(linear)(x)
     assert got.shape == (rows, 96)
     assert torch.allclose(got, linear(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 13])
+def test_int8_linear_multiplies_by_the_quantized_matrix(rows):
+    """Each row of the weight is stored as int8 times one scale; the product is the bf16 input
+    times that dequantized matrix, and the matrix is within half a step of the original (and
+    the scale's rounding to bf16, 2^-8 of a weight)."""
+    from nextword.model.int8_linear import Int8Linear
+    linear = torch.nn.Linear(576, 96, bias=False)
+    int8 = Int8Linear(linear)
+    dequantized = int8.weight.float() * int8.scale.float()[:, None]
+    step = int8.scale.float()[:, None]
+    assert ((dequantized - linear.weight).abs() <= step * 0.5 + 2 ** -8 * linear.weight.abs()).all()
+    x = torch.randn(2, rows, 576).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = int8(x)
+    assert got.shape == (2, rows, 96) and got.dtype == torch.bfloat16
+    expected = x.float() @ dequantized.T
+    assert (got.float() - expected).abs().max().item() < 0.02 * expected.abs().max().item()
+
+
+def test_int8_weights_predict_what_bf16_weights_predict(default_model_path):
+    """`dtype="int8"`: every linear layer's matrix in int8 (a tied head gets its own copy), the
+    rest in bf16; the next-token predictions over a prose text agree with bf16's."""
+    from nextword.model.int8_linear import Int8Linear
+    bf16 = load_model(default_model_path, device="cpu", dtype="bfloat16")
+    int8 = load_model(default_model_path, device="cpu", dtype="int8")
+    assert int8.weights_dtype == "int8" and int8.dtype == torch.bfloat16 and bf16.weights_dtype == "bfloat16"
+    assert sum(isinstance(m, Int8Linear) for m in int8.model.modules()) == 4 * bf16.config.n_layers + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
+    ids = bf16.tokenizer.encode(PROSE)
+    expected, got = full_forward(bf16, ids), full_forward(int8, ids)
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.9
 
 
 def _mapped_files(address: int) -> list[str]:

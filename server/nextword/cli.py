@@ -122,7 +122,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", type=Path, help="a LoRA adapter from `nextword finetune --adapter-only`, "
                    "merged into the model while loading")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: the fastest exact-enough)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, or int8 (int8 weights computed in bf16: less "
+                   "memory, faster steps on CPUs without bf16) (default: the fastest exact-enough)")
     p.add_argument("--max-context-tokens", type=int, default=1024, help="context window in tokens (default 1024)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; 1 is "
                    "steadier when other programs keep the cores busy)")

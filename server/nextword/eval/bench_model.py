@@ -15,10 +15,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nextword.model.int8_linear import Int8Linear
 from nextword.model.loading import load_model
 from nextword.model.packed_linear import PackedLinear
 
 PREFILL_CHUNK = 256
+
+
+def _matrix_bytes(layer: nn.Module, element_bytes: int) -> int:
+    """Bytes a step reads of a linear layer's matrix (int8 ones: a byte per weight and a scale per row)."""
+    if isinstance(layer, Int8Linear):
+        return layer.weight.numel() + layer.scale.numel() * layer.scale.element_size()
+    return layer.in_features * layer.out_features * element_bytes
 
 
 def _timed(fn, repeats: int, device: torch.device) -> list[float]:
@@ -63,8 +71,8 @@ def decode_step(model_path: str | Path, device: str = "cpu", dtype: str | None =
     # What a step reads: every linear layer's weights, the output head included (packed ones are
     # not parameters), and the norms; the embedding gives only a row per token.
     element_bytes = torch.empty(0, dtype=loaded.dtype).element_size()
-    weight_bytes = sum(m.in_features * m.out_features * element_bytes for m in model.modules()
-                       if isinstance(m, (nn.Linear, PackedLinear)))
+    weight_bytes = sum(_matrix_bytes(m, element_bytes) for m in model.modules()
+                       if isinstance(m, (nn.Linear, PackedLinear, Int8Linear)))
     weight_bytes += sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "norm" in name)
     element = cache.k.element_size()
     steps = {}
@@ -77,7 +85,7 @@ def decode_step(model_path: str | Path, device: str = "cpu", dtype: str | None =
         median = statistics.median(times)
         steps[str(k)] = {"median_ms": round(median, 3), "best_ms": round(min(times), 3),
                          "floor_ms": round(floor_ms, 3), "median_over_floor": round(median / floor_ms, 2)}
-    return {"device": str(dev), "dtype": str(loaded.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+    return {"device": str(dev), "dtype": loaded.weights_dtype, "threads": torch.get_num_threads(),
             "context_tokens": context_tokens, "weight_bytes": weight_bytes, "bandwidth_gbs": round(bandwidth_gbs, 2),
             "steps": steps}
 

@@ -188,8 +188,8 @@ class NextwordServer(LanguageServer):
             done = "failed"
         else:
             loaded = predictor.loaded
-            dtype = str(loaded.dtype).removeprefix("torch.")
-            self.show(types.MessageType.Info, f"nextword: loaded {loaded.path} on {loaded.device} ({dtype})")
+            self.show(types.MessageType.Info,
+                      f"nextword: loaded {loaded.path} on {loaded.device} ({loaded.weights_dtype})")
             done = "ready"
             for doc in self.protocol.documents:
                 self.warm(doc, len(doc.text))
@@ -449,7 +449,7 @@ async def status(ls: NextwordServer) -> dict:
         sessions = await ls.engine.run("", "status", lambda p, cancelled: p.sessions)
     return {
         "model": None if loaded is None else {"path": str(loaded.path), "device": str(loaded.device),
-                                              "dtype": str(loaded.dtype).removeprefix("torch.")},
+                                              "dtype": loaded.weights_dtype},
         "loading": ls.engine.loading,
         "error": ls.engine.error,
         "sessions": sessions,

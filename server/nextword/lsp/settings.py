@@ -97,7 +97,7 @@ _PARSERS = {
     "model_path": _optional_str,
     "adapter_path": _optional_str,
     "device": _choice("auto", "cpu", "cuda"),
-    "dtype": lambda v: None if v in (None, "", "auto") else _choice("float32", "bfloat16", "float16")(v),
+    "dtype": lambda v: None if v in (None, "", "auto") else _choice("float32", "bfloat16", "float16", "int8")(v),
     "max_suggestions": _int_in(1, MAX_SUGGESTIONS),
     "languages": _languages,
     "max_context_tokens": _int_in(64, 8192),

@@ -237,6 +237,20 @@ class Transformer(nn.Module):
         return self._rotary_cos[positions].to(dtype), self._rotary_sin[positions].to(dtype)
 
 
+def replace_linear_layers(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every nn.Linear in `model` by make(it), in place (PackedLinear, Int8Linear: an
+    inference layout of the same matrix); returns how many. A tied output head gets its own
+    copy; the embedding keeps the plain matrix."""
+    # By name, one at a time, holding no module references: each plain weight is freed as soon
+    # as its copy replaces it, so loading never holds two copies of the model.
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name in names:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child_name, make(getattr(parent, child_name)))
+    return len(names)
+
+
 def fused_state_dict(tensors: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
     """Map Hugging Face Llama tensor names (see weights_file.py) onto this module's fused layout.
 

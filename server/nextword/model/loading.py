@@ -10,13 +10,15 @@ from torch import nn
 
 from nextword.model.adapter import merge_adapter, read_adapter_file
 from nextword.model.config import ModelConfig
-from nextword.model.llama import Transformer, fused_state_dict
-from nextword.model.packed_linear import can_pack, pack_linear_layers
+from nextword.model.int8_linear import Int8Linear
+from nextword.model.llama import Transformer, fused_state_dict, replace_linear_layers
+from nextword.model.packed_linear import PackedLinear, can_pack
 from nextword.model.weights_file import WeightsError, map_tensor, read_model_file
 from nextword.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+          "float16": torch.float16, "fp16": torch.float16,
+          "int8": torch.bfloat16}  # int8 weights (model/int8_linear.py), computed in bf16: CPU only
 
 
 @dataclass
@@ -28,6 +30,12 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     adapter: Path | None = None  # a LoRA adapter merged into the weights at load time
+    int8: bool = False  # the linear layers' weights are int8 (computed in `dtype`)
+
+    @property
+    def weights_dtype(self) -> str:
+        """What the weights are stored as, for people: "bfloat16", "float32", "int8"."""
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -50,7 +58,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             return torch.bfloat16
         return torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r} (expected auto, float32 or bfloat16)")
+        raise ValueError(f"unknown dtype {dtype!r} (expected auto, float32, bfloat16 or int8)")
     return DTYPES[dtype]
 
 
@@ -64,6 +72,9 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     lora = read_adapter_file(adapter) if adapter else None
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    int8 = dtype == "int8"
+    if int8 and dev.type != "cpu":
+        raise ValueError("int8 weights are for CPUs without bf16 hardware; on a GPU use bfloat16")
     try:
         tokenizer = Tokenizer.from_json(file.tokenizer_json, file.config.bos_id, file.config.eos_id)
     except Exception as e:  # the tokenizers library raises bare Exceptions for bad JSON
@@ -80,14 +91,14 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     if file.config.tie_embeddings:
         model.head.weight = model.embed.weight
     model = model.to(dev).eval().requires_grad_(False)
-    if packed and can_pack(dev, dt):
-        pack_linear_layers(model)  # one layer at a time, each plain copy freed as its packed one is made
+    if int8 or (packed and can_pack(dev, dt)):
+        replace_linear_layers(model, Int8Linear if int8 else PackedLinear)  # each plain copy freed as it goes
         _embedding_from_file(model, file.path)
-    return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None)
+    return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None, int8)
 
 
 def _embedding_from_file(model: Transformer, path: Path) -> None:
-    """With the output head packed into a copy of its own, the embedding is only a lookup table
+    """With the output head in a packed or int8 copy of its own, the embedding is only a lookup table
     (a few rows per keystroke): read it from a memory map of the file instead of holding all of
     it (57 MB for SmolLM2-135M in bf16). Only where the file stores it in the model's dtype."""
     mapped = map_tensor(path, "model.embed_tokens.weight")

@@ -49,15 +49,3 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
-
-def pack_linear_layers(model: nn.Module) -> int:
-    """Replace every nn.Linear in `model` by a PackedLinear, in place; returns how many.
-    A tied output head gets its own packed copy; the embedding keeps the plain matrix."""
-    # By name, one at a time, holding no module references: each plain weight is freed as soon
-    # as its packed copy replaces it, so loading never holds both copies of the model.
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    for name in names:
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child_name, PackedLinear(getattr(parent, child_name)))
-    return len(names)
