@@ -427,3 +427,26 @@ def test_an_interrupted_word_search_goes_on_where_it_stopped(default_model_path)
     logits = session.sync(context)
     again, again_cost = search()
     assert again_cost == whole_cost and [w for w, _ in again] == [w for w, _ in whole]
+
+
+def test_a_word_found_by_an_interrupted_search_costs_no_forward_call_to_type_out(default_model_path):
+    """Where every search is interrupted by the next key (a slow CPU), the words found so far are
+    kept as a finished search's are: typing one of them out copies its keys and values into the
+    context instead of computing them."""
+    from nextword.model.loading import load_model
+    from nextword.predict.session import Session
+    from nextword.predict.word_search import TokenTable, search_words
+
+    loaded = load_model(default_model_path, device="cpu", dtype="float32")
+    table = TokenTable(loaded.tokenizer.token_bytes, loaded.tokenizer.special_ids)
+    context = [loaded.tokenizer.document_start_id] + loaded.tokenizer.encode(STORY.rstrip())
+    session = Session(loaded.model)
+    logits = session.sync(context)
+    before, found = session.tokens_computed, {}
+    with pytest.raises(Cancelled):  # after its first step, before the search is done
+        search_words(session, logits, table, " ", [""], n=3, cancelled=lambda: session.tokens_computed > before,
+                     deadline=0.0, at_deadline=found.update)
+    best = found[""][0].word
+    before = session.tokens_computed
+    session.sync(context + loaded.tokenizer.encode(" " + best))
+    assert session.tokens_computed == before, best

@@ -165,6 +165,9 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
             logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
                                               [b.slots for b in firsts], cancelled)
         except Cancelled:
+            for group in groups.values():
+                if not group.reported:  # the person may type one of its words out before a search ends
+                    _remember_best(session, group, n)
             session.pause_search({g.required: g for g in groups.values() if g.beams})
             raise
         logprobs = torch.log_softmax(logits, -1)
@@ -197,17 +200,22 @@ def _report_final(session: Session, groups: dict[str, _Group], n: int,
                   on_done: Callable[[str, list[WordScore]], None] | None) -> None:
     """For each prefix whose list just became final (no live beams): hand it on, and let the
     session keep what was computed for its n likeliest words (the person may type one of them
-    out next: `Session.remember_extension`)."""
+    out next)."""
     for typed, group in groups.items():
         if group.beams or group.reported:
             continue
         group.reported = True
-        ranked = group.ranked()
-        for w in ranked[:n]:
-            if w.word in group.paths:
-                session.remember_extension(*group.paths[w.word])
+        _remember_best(session, group, n)
         if on_done is not None:
-            on_done(typed, ranked)
+            on_done(typed, group.ranked())
+
+
+def _remember_best(session: Session, group: _Group, n: int) -> None:
+    """Let the session keep what was computed for the group's n likeliest words so far, so that
+    typing one of them out costs a copy, not a forward call (`Session.remember_extension`)."""
+    for w in group.ranked()[:n]:
+        if w.word in group.paths:
+            session.remember_extension(*group.paths[w.word])
 
 
 @dataclass
