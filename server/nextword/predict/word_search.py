@@ -140,16 +140,22 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
     enough to show by then.
     """
     root = torch.log_softmax(first_logits[None], -1)
-    paused: dict[bytes, _Group] = session.resume_search() or {}  # by required bytes
-    groups = {typed: paused.pop(_ascii_lower((gap + typed).encode()), None) for typed in dict.fromkeys(prefixes)}
-    if not any(groups.values()):
-        session.reset_scratch()  # else the resumed beams' keys and values stay in their slots
     gap_bytes = len(gap.encode())
     free = cache(partial(_best_continuations, root, table, beam_width))
-    for typed, group in groups.items():
+    paused: dict[bytes, _Group] = session.resume_search() or {}  # by required bytes
+    groups: dict[str, _Group] = {}
+    resumed = False
+    for typed in dict.fromkeys(prefixes):
+        required = _ascii_lower((gap + typed).encode())
+        group = paused.pop(required, None)
         if group is None:
-            group = groups[typed] = _Group(_ascii_lower((gap + typed).encode()), len(typed) + 2)
-            group.beams = _extend([Beam((), 0.0, b"")], [0], root, free, table, group.required, beam_width)
+            group = _Group(required, len(typed) + 2)
+            group.beams = _extend([Beam((), 0.0, b"")], [0], root, free, table, required, beam_width)
+        else:
+            resumed = True
+        groups[typed] = group
+    if not resumed:
+        session.reset_scratch()  # else the resumed beams' keys and values stay in their slots
     while True:
         step_started = time.monotonic()
         # Beams of different prefixes can hold the same tokens (" The" for "" and "T"): run each path once.
@@ -167,7 +173,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
         except Cancelled:
             for group in groups.values():
                 if not group.reported:  # the person may type one of its words out before a search ends
-                    _remember_best(session, group, n)
+                    _remember(session, group, group.ranked()[:n])
             session.pause_search({g.required: g for g in groups.values() if g.beams})
             raise
         logprobs = torch.log_softmax(logits, -1)
@@ -205,15 +211,16 @@ def _report_final(session: Session, groups: dict[str, _Group], n: int,
         if group.beams or group.reported:
             continue
         group.reported = True
-        _remember_best(session, group, n)
+        ranked = group.ranked()
+        _remember(session, group, ranked[:n])
         if on_done is not None:
-            on_done(typed, group.ranked())
+            on_done(typed, ranked)
 
 
-def _remember_best(session: Session, group: _Group, n: int) -> None:
-    """Let the session keep what was computed for the group's n likeliest words so far, so that
-    typing one of them out costs a copy, not a forward call (`Session.remember_extension`)."""
-    for w in group.ranked()[:n]:
+def _remember(session: Session, group: _Group, words: list[WordScore]) -> None:
+    """Let the session keep what the group computed for these words, so that typing one of them
+    out costs a copy, not a forward call (`Session.remember_extension`)."""
+    for w in words:
         if w.word in group.paths:
             session.remember_extension(*group.paths[w.word])
 
