@@ -5,12 +5,23 @@ import time
 import pytest
 
 from nextword import Predictor, Suggestion
+from nextword.model.loading import load_model
 from nextword.predict.predictor import QUICK_START_TOKENS, SPECULATED_LETTERS
-from nextword.predict.session import PREFILL_CHUNK, SCRATCH_SLOTS, Cancelled
+from nextword.predict.session import PREFILL_CHUNK, SCRATCH_SLOTS, Cancelled, Session
 from nextword.predict.text import split_partial_word
+from nextword.predict.word_search import TokenTable, search_words
 
 STORY = ("Naomi had a relative of her husband's, a mighty man of wealth, of the family of Elimelech, "
          "and his name was Boaz. Ruth the Moabitess said to Naomi, ")
+
+
+@pytest.fixture(scope="module")
+def story_search(default_model_path):
+    """For the word-search tests: the default model in fp32, its token table, and STORY's token
+    ids after a document start."""
+    loaded = load_model(default_model_path, device="cpu", dtype="float32")
+    table = TokenTable(loaded.tokenizer.token_bytes, loaded.tokenizer.special_ids)
+    return loaded, table, [loaded.tokenizer.document_start_id] + loaded.tokenizer.encode(STORY.rstrip())
 
 
 @pytest.fixture
@@ -363,16 +374,10 @@ def test_a_fully_typed_word_is_not_searched_for_rare_longer_forms(p):
     assert p.tokens_computed == before  # what a search found, even fewer than n words, is remembered
 
 
-def test_searching_several_prefixes_at_once_equals_searching_each(default_model_path):
+def test_searching_several_prefixes_at_once_equals_searching_each(story_search):
     """The speculative search for several possible next letters runs their beams in shared
     forward calls; each prefix must get exactly what its own search would give."""
-    from nextword.model.loading import load_model
-    from nextword.predict.session import Session
-    from nextword.predict.word_search import TokenTable, search_words
-
-    loaded = load_model(default_model_path, device="cpu", dtype="float32")
-    table = TokenTable(loaded.tokenizer.token_bytes, loaded.tokenizer.special_ids)
-    context = [loaded.tokenizer.document_start_id] + loaded.tokenizer.encode(STORY.rstrip())
+    loaded, table, context = story_search
     session = Session(loaded.model)
     logits = session.sync(context)
     prefixes = ["", "I", "wh", "Th"]
@@ -388,19 +393,13 @@ def test_searching_several_prefixes_at_once_equals_searching_each(default_model_
         assert all(w.word.lower().startswith(typed.lower()) for w in alone)
 
 
-def test_an_interrupted_word_search_goes_on_where_it_stopped(default_model_path):
+def test_an_interrupted_word_search_goes_on_where_it_stopped(story_search):
     """The keystroke that interrupts the search prepared between keys is often the letter it was
     preparing for: the next search of the same context takes over the interrupted one's beams
     (their keys and values are still in the scratch slots) instead of starting again, and finds
     what an uninterrupted search finds. Once anything has written over the scratch slots, the
     next search starts over."""
-    from nextword.model.loading import load_model
-    from nextword.predict.session import Session
-    from nextword.predict.word_search import TokenTable, search_words
-
-    loaded = load_model(default_model_path, device="cpu", dtype="float32")
-    table = TokenTable(loaded.tokenizer.token_bytes, loaded.tokenizer.special_ids)
-    context = [loaded.tokenizer.document_start_id] + loaded.tokenizer.encode(STORY.rstrip())
+    loaded, table, context = story_search
     session = Session(loaded.model)
     logits = session.sync(context)
 
@@ -429,17 +428,11 @@ def test_an_interrupted_word_search_goes_on_where_it_stopped(default_model_path)
     assert again_cost == whole_cost and [w for w, _ in again] == [w for w, _ in whole]
 
 
-def test_a_word_found_by_an_interrupted_search_costs_no_forward_call_to_type_out(default_model_path):
+def test_a_word_found_by_an_interrupted_search_costs_no_forward_call_to_type_out(story_search):
     """Where every search is interrupted by the next key (a slow CPU), the words found so far are
     kept as a finished search's are: typing one of them out copies its keys and values into the
     context instead of computing them."""
-    from nextword.model.loading import load_model
-    from nextword.predict.session import Session
-    from nextword.predict.word_search import TokenTable, search_words
-
-    loaded = load_model(default_model_path, device="cpu", dtype="float32")
-    table = TokenTable(loaded.tokenizer.token_bytes, loaded.tokenizer.special_ids)
-    context = [loaded.tokenizer.document_start_id] + loaded.tokenizer.encode(STORY.rstrip())
+    loaded, table, context = story_search
     session = Session(loaded.model)
     logits = session.sync(context)
     before, found = session.tokens_computed, {}
