@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from nextword.model.file_embedding import FileEmbedding
 from nextword.model.llama import replace_linear_layers
 from nextword.model.loading import load_model
 from nextword.model.packed_linear import PackedLinear, can_pack
@@ -159,28 +160,25 @@ def test_int8_weights_predict_what_bf16_weights_predict(default_model_path):
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.9
 
 
-def _mapped_files(address: int) -> list[str]:
-    """Files mapped at `address` in this process (from /proc/self/maps)."""
-    out = []
-    for line in open("/proc/self/maps"):
-        span, *rest = line.split()
-        lo, hi = (int(x, 16) for x in span.split("-"))
-        if lo <= address < hi and len(rest) >= 5:
-            out.append(rest[4])
-    return out
-
-
-def test_packed_model_reads_its_embedding_from_the_file_map(default_model_path):
-    """With the head packed into its own copy, the embedding is a lookup table read from a map of
-    the weights file (only the rows used become resident), and gives the same logits."""
-    plain = load_model(default_model_path, device="cpu")
-    packed = load_model(default_model_path, device="cpu", packed=True)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_packed_model_reads_its_embedding_rows_from_the_file(default_model_path, dtype):
+    """With the head packed into its own copy, the embedding is a lookup table left in the file:
+    it holds no tensor, reads the rows asked for (converted to the model's dtype when the file
+    stores another), gives the same logits, and refuses token ids outside the vocabulary."""
+    plain = load_model(default_model_path, device="cpu", dtype=dtype)
+    packed = load_model(default_model_path, device="cpu", dtype=dtype, packed=True)
     if not can_pack(packed.device, packed.dtype):
         pytest.skip("oneDNN cannot pack here")
-    weight = packed.model.embed.weight
-    assert str(default_model_path.resolve()) in _mapped_files(weight.data_ptr())
-    assert str(default_model_path.resolve()) not in _mapped_files(plain.model.embed.weight.data_ptr())
-    assert torch.equal(weight, plain.model.embed.weight)
+    embed = packed.model.embed
+    assert isinstance(embed, FileEmbedding) and not list(embed.parameters()) and not list(embed.buffers())
+    tokens = torch.tensor([[0, 17, plain.config.vocab_size - 1], [17, 3, 17]])
+    rows = embed(tokens)
+    assert rows.dtype == plain.dtype and rows.shape == (2, 3, plain.config.dim)
+    assert torch.equal(rows, plain.model.embed.weight[tokens])
+    assert embed(torch.tensor([], dtype=torch.long)).shape == (0, plain.config.dim)
+    for bad in (-1, plain.config.vocab_size):
+        with pytest.raises(IndexError, match="token ids must be in"):
+            embed(torch.tensor([5, bad]))
     ids = plain.tokenizer.encode(PROSE)
     assert (full_forward(plain, ids).argmax(-1) == full_forward(packed, ids).argmax(-1)).float().mean() > 0.97
 

@@ -38,7 +38,7 @@ def probe_attention(model: Transformer, cache: KVCache, ids: list[int]) -> Atten
         raise ValueError("the attention probe needs at least one token")
     if len(ids) > cache.slots:
         raise ValueError(f"the cache holds {cache.slots} slots, fewer than the {len(ids)} tokens")
-    device = model.embed.weight.device
+    device = model.device
     last = len(ids) - 1
     cos, sin = model._rotary(torch.tensor([last], device=device))
     x = model.embed(torch.tensor(ids[-1:], device=device))

@@ -184,9 +184,17 @@ class Transformer(nn.Module):
             self.head.weight = self.embed.weight
         self._rotary_cos = self._rotary_sin = torch.empty(0)
 
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype activations are computed in (int8 weights compute in bf16)."""
+        return self.norm.weight.dtype
+
     def new_cache(self, slots: int) -> KVCache:
-        p = self.embed.weight
-        return KVCache(self.config, slots, p.device, p.dtype)
+        return KVCache(self.config, slots, self.device, self.dtype)
 
     @torch.inference_mode()
     def forward(self, tokens: Tensor, positions: Tensor, cache: KVCache, slots: Tensor | None = None,
@@ -233,8 +241,7 @@ class Transformer(nn.Module):
         if self._rotary_cos.shape[0] < needed or self._rotary_cos.device != positions.device:
             length = max(needed, 2 * self._rotary_cos.shape[0], 1024)
             self._rotary_cos, self._rotary_sin = rotary_tables(self.config, length, positions.device)
-        dtype = self.embed.weight.dtype
-        return self._rotary_cos[positions].to(dtype), self._rotary_sin[positions].to(dtype)
+        return self._rotary_cos[positions].to(self.dtype), self._rotary_sin[positions].to(self.dtype)
 
 
 def replace_linear_layers(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> int:

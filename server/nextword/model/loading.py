@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from nextword.model.adapter import merge_adapter, read_adapter_file
 from nextword.model.config import ModelConfig
+from nextword.model.file_embedding import FileEmbedding
 from nextword.model.int8_linear import Int8Linear
 from nextword.model.llama import Transformer, fused_state_dict, replace_linear_layers
 from nextword.model.packed_linear import PackedLinear, can_pack
-from nextword.model.weights_file import WeightsError, map_tensor, read_model_file
+from nextword.model.weights_file import WeightsError, read_model_file
 from nextword.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -93,14 +93,8 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     model = model.to(dev).eval().requires_grad_(False)
     if int8 or (packed and can_pack(dev, dt)):
         replace_linear_layers(model, Int8Linear if int8 else PackedLinear)  # each plain copy freed as it goes
-        _embedding_from_file(model, file.path)
+        # The head has a copy of its own now: the embedding is only a lookup table (a few rows per
+        # keystroke), left in the file rather than in memory.
+        model.embed = FileEmbedding(file.path, "model.embed_tokens.weight", dt)
     return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None, int8)
 
-
-def _embedding_from_file(model: Transformer, path: Path) -> None:
-    """With the output head in a packed or int8 copy of its own, the embedding is only a lookup table
-    (a few rows per keystroke): read it from a memory map of the file instead of holding all of
-    it (57 MB for SmolLM2-135M in bf16). Only where the file stores it in the model's dtype."""
-    mapped = map_tensor(path, "model.embed_tokens.weight")
-    if mapped.dtype == model.embed.weight.dtype and mapped.shape == model.embed.weight.shape:
-        model.embed.weight = nn.Parameter(mapped, requires_grad=False)

@@ -10,7 +10,6 @@ Hugging Face checkpoint converts by copying tensors. Metadata keys:
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import tempfile
 from dataclasses import dataclass
@@ -155,16 +154,20 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def map_tensor(path: str | Path, name: str) -> torch.Tensor:
-    """One tensor of a safetensors file as a view of a private memory map: its pages are read
-    when first touched, and only touched pages count in the process's memory. For a large table
-    of which little is read, such as the token embedding (a few rows per keystroke)."""
+@dataclass
+class StoredTensor:
+    """Where one tensor's bytes lie in a safetensors file."""
+    offset: int  # from the start of the file
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def locate_tensor(path: str | Path, name: str) -> StoredTensor:
+    """Where tensor `name` is stored in a (validated) safetensors file, for reading parts of it."""
     with open(path, "rb") as f:
         header, data_start = _read_header(f)
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable to torch, never written
     entry = header[name]
-    begin, end = entry["data_offsets"]
-    return _as_stored(torch.frombuffer(mapped, dtype=torch.uint8, count=end - begin, offset=data_start + begin), entry)
+    return StoredTensor(data_start + entry["data_offsets"][0], _DTYPES[entry["dtype"]], tuple(entry["shape"]))
 
 
 def _read_header(f: BinaryIO) -> tuple[dict, int]:

@@ -180,7 +180,7 @@ class Session:
 
     @property
     def _device(self) -> torch.device:
-        return self.model.embed.weight.device
+        return self.model.device
 
     def _ensure_slots(self, slots: int) -> None:
         if self.cache is None:

@@ -116,6 +116,7 @@ def first_letter_odds(first_logits: Tensor, table: TokenTable, gap: str) -> dict
             for c in string.ascii_lowercase}
 
 
+@torch.inference_mode()  # the step's logits are the model's inference tensors, changed in place
 def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: str, prefixes: list[str],
                  n: int, beam_width: int = 8, cancelled: Callable[[], bool] | None = None,
                  on_done: Callable[[str, list[WordScore]], None] | None = None, deadline: float | None = None,
@@ -167,6 +168,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 firsts.append(beam)
         if not firsts:
             break
+        free = None  # the last step's log-probabilities: not needed past here, and as large as this step's
         try:
             logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
                                               [b.slots for b in firsts], cancelled)
@@ -176,7 +178,9 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                     _remember(session, group, group.ranked()[:n])
             session.pause_search({g.required: g for g in groups.values() if g.beams})
             raise
-        logprobs = torch.log_softmax(logits, -1)
+        # log_softmax in place, one [rows, vocab] copy less; the rows kept for typing out (paths)
+        # are then log-probabilities, the same distribution as the logits for every use of them.
+        logprobs = logits.sub_(torch.logsumexp(logits, -1, keepdim=True))
         log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
         free = cache(partial(_best_continuations, logprobs, table, beam_width))  # if a beam needs it
         for group in groups.values():
@@ -187,7 +191,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 if word and WORD_RE.fullmatch(word):
                     score = group.finished[word] = _logaddexp(group.finished.get(word), beam.logprob + log_p_end[row])
                     if word not in group.paths and sum(v > score for v in group.finished.values()) < n:
-                        group.paths[word] = (beam.tokens, beam.slots, logits[row].clone())
+                        group.paths[word] = (beam.tokens, beam.slots, logprobs[row].clone())
             if group.beams:
                 group.beams = _extend(group.beams, [rows[b.tokens] for b in group.beams], logprobs, free, table,
                                       group.required, beam_width)
