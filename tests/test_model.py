@@ -1,5 +1,6 @@
 """The forward pass against Hugging Face transformers' LlamaForCausalLM on the same weights."""
 
+import platform
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import torch
 
 from nextword.model.file_embedding import FileEmbedding
 from nextword.model.llama import replace_linear_layers
-from nextword.model.loading import load_model
+from nextword.model.loading import auto_dtype, load_model
 from nextword.model.packed_linear import PackedLinear, can_pack
 from nextword.model.weights_file import read_model_file
 from nextword.predict.session import Session
@@ -144,6 +145,21 @@ def test_int8_linear_multiplies_by_the_quantized_matrix(rows):
     assert got.shape == (2, rows, 96) and got.dtype == torch.bfloat16
     expected = x.float() @ dequantized.T
     assert (got.float() - expected).abs().max().item() < 0.02 * expected.abs().max().item()
+
+
+def test_auto_dtype_is_bf16_on_bf16_hardware_else_int8_for_inference_on_x86(monkeypatch, default_model_path):
+    """The automatic weight format: bf16 where the CPU computes it; without that (an AVX2-only
+    CPU, made here by hiding this CPU's bf16), int8 weights for inference on x86, fp32 for
+    training and on other CPUs."""
+    cpu = torch.device("cpu")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert auto_dtype(cpu, inference=True) == auto_dtype(cpu, inference=False) == "bfloat16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert auto_dtype(cpu, inference=True) == ("int8" if x86 else "float32")
+    assert auto_dtype(cpu, inference=False) == "float32"
+    assert load_model(default_model_path, device="cpu", packed=True).weights_dtype == auto_dtype(cpu, inference=True)
+    assert load_model(default_model_path, device="cpu", dtype="auto").weights_dtype == "float32"
 
 
 def test_int8_weights_predict_what_bf16_weights_predict(default_model_path):

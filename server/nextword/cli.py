@@ -123,7 +123,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    "merged into the model while loading")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, or int8 (int8 weights computed in bf16: less "
-                   "memory, faster steps on CPUs without bf16) (default: the fastest exact-enough)")
+                   "memory, faster steps on CPUs without bf16) (default: bfloat16 where the hardware "
+                   "computes it, else int8 on x86 CPUs and float32 elsewhere; training: float32)")
     p.add_argument("--max-context-tokens", type=int, default=1024, help="context window in tokens (default 1024)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; 1 is "
                    "steadier when other programs keep the cores busy)")

@@ -5,7 +5,8 @@ every step. Here each output row of a matrix is scaled into int8 (symmetric, one
 row), the activations stay bf16, and `aten._weight_int8pack_mm` multiplies them, dequantizing on
 the fly: a quarter of fp32's bytes. On an AVX2 CPU (emulated, README "Without bf16 hardware") a
 word-search step of 8 rows takes 56 ms instead of fp32's 74; where the CPU has bf16 (AVX-512 bf16,
-AMX) oneDNN's packed bf16 matrices are faster, so this is an option, not a default.
+AMX) oneDNN's packed bf16 matrices are faster, so int8 is the automatic choice only on x86 CPUs
+without bf16 (model/loading.py, `auto_dtype`).
 """
 
 from __future__ import annotations

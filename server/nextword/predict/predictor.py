@@ -87,8 +87,9 @@ class Predictor:
              adapter: str | Path | None = None, packed: bool = True, **options) -> Predictor:
         """Load a one-file model (default: the built SmolLM2-135M, see `default_model_path`),
         with a LoRA adapter file from `nextword finetune --adapter-only` merged in if given.
-        dtype None picks bf16 where the hardware has it, else fp32. `packed` stores the linear
-        layers' weights in oneDNN's layout on CPU (model/packed_linear.py: same results, faster)."""
+        dtype None picks bf16 where the hardware has it, else int8 weights on x86 CPUs and fp32
+        elsewhere (model/loading.py, `auto_dtype`). `packed` stores the linear layers' weights in
+        oneDNN's layout on CPU (model/packed_linear.py: same results, faster)."""
         return cls(load_model(path or default_model_path(), device, dtype, adapter, packed), **options)
 
     @property
