@@ -121,6 +121,15 @@ def test_an_adapter_for_another_base_is_refused(tiny_base, notes, tmp_path):
         load_model(tiny_base, "cpu", adapter=other)
 
 
+def test_lora_on_a_head_tied_to_the_embedding_is_refused(tiny_base, notes, tmp_path):
+    """The tiny model's output head is its embedding matrix: an update to it could be neither
+    merged into the saved model nor kept by an adapter (both used to drop it silently)."""
+    assert read_model_file(tiny_base).config.tie_embeddings
+    with pytest.raises(ValueError, match="cannot adapt head.*tied"):
+        finetune(options(tiny_base, notes, tmp_path / "out.safetensors", targets=("head",)))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_resuming_after_an_interruption_ends_where_an_uninterrupted_run_does(tiny_base, notes, tmp_path):
     straight = tmp_path / "straight.safetensors"
     finetune(options(tiny_base, notes, straight, adapter_only=True, eval_every=2, patience=10))

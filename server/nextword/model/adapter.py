@@ -63,7 +63,7 @@ def merge_adapter(state: dict[str, Tensor], config: ModelConfig, adapter: Adapte
     for module in adapter.modules:
         name = module + ".weight"
         a, b = adapter.tensors[module + ".lora_A"], adapter.tensors[module + ".lora_B"]
-        if name not in state:
+        if name not in state or (name == "head.weight" and config.tie_embeddings):  # tied: see train/lora.py
             raise WeightsError(f"{source}: adapter targets {module}, which this model does not have")
         out_features, in_features = state[name].shape
         if a.shape != (adapter.rank, in_features) or b.shape != (out_features, adapter.rank):

@@ -40,9 +40,14 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]
     if rank < 1:
         raise ValueError(f"LoRA rank must be at least 1, got {rank}")
     model.requires_grad_(False)
+    # A tied output head's matrix is the embedding's too: its merged update could not be saved apart.
+    shared = {id(p) for m in model.modules() if not isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
     wrapped = []
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and name.endswith(targets):
+            if id(module.weight) in shared:
+                raise ValueError(f"LoRA cannot adapt {name}: its matrix is also the token embedding (tied "
+                                 f"embeddings), so its update could not be saved; leave it out of the targets")
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, LoRALinear(module, rank, alpha))
             wrapped.append(name)
