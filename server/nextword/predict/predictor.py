@@ -40,7 +40,10 @@ __all__ = ["Cancelled", "Predictor", "Suggestion"]
 
 CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
 SPECULATED_LETTERS = 4  # next letters whose lists are prepared between keystrokes
-QUICK_START_TOKENS = 192  # recent text a cold document's first answers come from (see `predict`)
+# Recent text a cold document's first answers come from (see `predict`): one prefill chunk with
+# the start token, ~60 ms, so that the first key typed into a document just opened is answered
+# before the next (192 tokens took ~200 ms: the first keys' answers came too late).
+QUICK_START_TOKENS = PREFILL_CHUNK - 1
 MOVE_PROBE_TOKENS = 16  # tokens that find where a moved window's text starts in the old cache
 CACHED_DOCUMENTS = 64  # documents whose words the cache model keeps (least recently used are dropped)
 
@@ -104,10 +107,10 @@ class Predictor:
                 at_deadline: Callable[[list[Suggestion]], None] | None = None) -> list[Suggestion]:
         """The n most likely words at the cursor, best first (see `Suggestion` for what `word` is).
         Raises Cancelled when `cancelled()` turns true between model steps.
-        quick_start: when more than QUICK_START_TOKENS of the window are not in the session's
-        cache yet (a document just opened), answer from that much recent text instead of waiting
-        for the whole window, until all but PREFILL_CHUNK tokens of it are cached; for callers
-        that fill the cache in the background (`speculate`).
+        quick_start: while more than PREFILL_CHUNK tokens of the window are not in the session's
+        cache yet (a document just opened), answer from its last QUICK_START_TOKENS tokens instead
+        of waiting for the whole window; for callers that fill the cache in the background
+        (`speculate`).
         deadline, at_deadline: for a caller that must answer by `deadline` (a `time.monotonic()`):
         a word search that would still run then calls `at_deadline(the words found so far)` and
         goes on to its final list, which is remembered for the next keystrokes and returned."""
@@ -241,9 +244,9 @@ class Predictor:
             s = self._session(session)
             ids = self._window_ids(session, stripped)
             lag = len(ids) - common_prefix_length(s.ids, ids)
-            # Once answering from the recent text, go on until background work has filled the
-            # window to within a chunk: a request then never waits for more than one chunk of it.
-            recent = quick_start and (lag > QUICK_START_TOKENS or (session in self._recent and lag > PREFILL_CHUNK))
+            # Answer from the recent text until background work has filled the window to within a
+            # chunk: a request never waits for more than one chunk of it.
+            recent = quick_start and lag > PREFILL_CHUNK
             if recent:
                 # The recent text starts at a fixed token, so typing on extends its cache too.
                 if session not in self._recent:
