@@ -271,6 +271,8 @@ def test_a_cold_document_first_answers_from_recent_text(p):
     before = p.tokens_computed
     assert p.predict(text, session="cold", quick_start=True)
     assert p.tokens_computed - before <= QUICK_START_TOKENS + 8 * 8  # not the whole window
+    _, recent = p._recent["cold"]
+    assert len(recent.ids) <= PREFILL_CHUNK  # one forward call: answered before the next key comes
     before = p.tokens_computed
     assert p.predict(text + "My daughter, ", session="cold", quick_start=True)
     assert p.tokens_computed - before <= 4 + 8 * 8  # typing on extends the recent text's cache
