@@ -15,17 +15,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from nextword.model.weights_file import locate_tensor
+from nextword.model.weights_file import StoredTensor
 
 
 class FileEmbedding(nn.Module):
-    """forward(tokens) -> [*tokens.shape, dim] in `dtype`: the rows of table `name` in the
+    """forward(tokens) -> [*tokens.shape, dim] in `dtype`: the rows of the table `stored` in the
     safetensors file at `path`, read when asked for and converted from the file's dtype
     (elementwise, so the same values as converting the whole table). CPU only."""
 
-    def __init__(self, path: str | Path, name: str, dtype: torch.dtype):
+    def __init__(self, path: str | Path, stored: StoredTensor, dtype: torch.dtype):
         super().__init__()
-        stored = locate_tensor(path, name)
         self.num_embeddings, self.embedding_dim = stored.shape
         self.dtype = dtype
         self._stored = stored

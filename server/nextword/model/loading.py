@@ -107,6 +107,6 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
         replace_linear_layers(model, Int8Linear if int8 else PackedLinear)  # each plain copy freed as it goes
         # The head has a copy of its own now: the embedding is only a lookup table (a few rows per
         # keystroke), left in the file rather than in memory.
-        model.embed = FileEmbedding(file.path, "model.embed_tokens.weight", dt)
+        model.embed = FileEmbedding(file.path, file.stored["model.embed_tokens.weight"], dt)
     return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None, int8)
 

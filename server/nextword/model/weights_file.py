@@ -32,12 +32,21 @@ class WeightsError(Exception):
 
 
 @dataclass
+class StoredTensor:
+    """Where one tensor's bytes lie in a safetensors file."""
+    offset: int  # from the start of the file
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass
 class ModelFile:
     path: Path
     config: ModelConfig
     tensors: dict[str, torch.Tensor]
     tokenizer_json: str
     metadata: dict[str, str]
+    stored: dict[str, StoredTensor]  # where each tensor lies in the file, for reading parts later
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -113,7 +122,7 @@ def read_model_file(path: str | Path) -> ModelFile:
     try:
         with safe_open(str(path), framework="pt") as f:  # validates the header and the file's length
             metadata = f.metadata() or {}
-        tensors = _read_tensors(path)
+        tensors, stored = _read_tensors(path)
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file (truncated or another format?): {e}") from e
     if CONFIG_KEY not in metadata or TOKENIZER_KEY not in metadata:
@@ -124,7 +133,7 @@ def read_model_file(path: str | Path) -> ModelFile:
     except (ValueError, TypeError, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: invalid model config in metadata: {e}") from e
     _check_tensors(path, config, tensors)
-    return ModelFile(path, config, tensors, metadata[TOKENIZER_KEY], metadata)
+    return ModelFile(path, config, tensors, metadata[TOKENIZER_KEY], metadata, stored)
 
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
@@ -132,42 +141,28 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "
            "BOOL": torch.bool}
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a (validated) safetensors file, each read into memory of its own.
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, StoredTensor]]:
+    """Every tensor of a (validated) safetensors file, each read into memory of its own, and
+    where each lies in the file.
 
     safe_open's tensors are views of one memory map of the whole file: every page they touch
     stays resident, and counts in the server's memory, until the last of them is freed. A model
     that fuses or repacks its weights would then hold the file's pages and the new copies at
     once. Plain reads make each tensor ordinary memory, freed as soon as it is replaced."""
-    tensors = {}
+    tensors, stored = {}, {}
     with open(path, "rb") as f:
         header, data_start = _read_header(f)
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
             begin, end = entry["data_offsets"]
+            stored[name] = StoredTensor(data_start + begin, _DTYPES[entry["dtype"]], tuple(entry["shape"]))
             raw = torch.empty(end - begin, dtype=torch.uint8)
             f.seek(data_start + begin)
             if f.readinto(raw.numpy()) != end - begin:
                 raise ValueError(f"tensor {name} is cut short")
-            tensors[name] = _as_stored(raw, entry)
-    return tensors
-
-
-@dataclass
-class StoredTensor:
-    """Where one tensor's bytes lie in a safetensors file."""
-    offset: int  # from the start of the file
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-
-def locate_tensor(path: str | Path, name: str) -> StoredTensor:
-    """Where tensor `name` is stored in a (validated) safetensors file, for reading parts of it."""
-    with open(path, "rb") as f:
-        header, data_start = _read_header(f)
-    entry = header[name]
-    return StoredTensor(data_start + entry["data_offsets"][0], _DTYPES[entry["dtype"]], tuple(entry["shape"]))
+            tensors[name] = raw.view(stored[name].dtype).view(stored[name].shape)
+    return tensors, stored
 
 
 def _read_header(f: BinaryIO) -> tuple[dict, int]:
@@ -176,11 +171,6 @@ def _read_header(f: BinaryIO) -> tuple[dict, int]:
     f.seek(0)
     size = int.from_bytes(f.read(8), "little")
     return json.loads(f.read(size)), 8 + size
-
-
-def _as_stored(raw: torch.Tensor, entry: dict) -> torch.Tensor:
-    """A tensor's raw bytes viewed with the dtype and shape of its header entry."""
-    return raw.view(_DTYPES[entry["dtype"]]).view(entry["shape"])
 
 
 def _check_tensors(path: Path, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
