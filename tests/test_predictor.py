@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 
 from nextword import Predictor, Suggestion
 from nextword.model.loading import load_model
@@ -342,13 +343,49 @@ def cancelled_after(checks: int):
 
 def test_cancelling_inside_a_forward_call_keeps_the_session_correct(p):
     """Work stops between the layers of one forward call (so a keystroke never waits for a
-    whole chunk); the half-written cache slots must not count as computed."""
-    text = STORY * 6
-    for checks in (3, 40, 75):  # inside the first chunk, between chunks, later
+    whole chunk), and the next call goes on from that layer; the half-written cache slots must
+    not count as computed."""
+    text = STORY * 6  # 4 chunks of 30 layers
+    for checks in (3, 40, 70):  # inside the first chunk, inside the second, inside the last
         with pytest.raises(Cancelled):
             p.prefill(text, session="cut", cancelled=cancelled_after(checks))
     expected = p.predict(text, session="fresh")
     assert p.predict(text, session="cut") == expected
+
+
+def test_a_forward_call_stopped_between_layers_goes_on_from_that_layer(story_search):
+    """A chunk of the context that the next keystroke stops mid-way is not started over: the next
+    sync goes on from the layer it stopped at (on a slow CPU a chunk takes longer than the pause
+    between keys), and gives the logits of an uninterrupted sync. Once a word search has written
+    over the chunk's cache slots, the chunk is computed afresh."""
+    loaded, _, ids = story_search
+    model = loaded.model
+    run: list[int] = []  # the layers run, in order
+    hooks = [block.register_forward_pre_hook(lambda module, args, i=i: run.append(i))
+             for i, block in enumerate(model.blocks)]
+    layers = list(range(len(model.blocks)))
+    try:
+        uninterrupted = Session(model, len(ids))
+        uninterrupted.sync(ids[:10])
+        expected = uninterrupted.sync(ids)
+        session = Session(model, len(ids))
+        session.sync(ids[:10])
+        for searched in (False, True):
+            run.clear()
+            computed = session.tokens_computed
+            with pytest.raises(Cancelled):
+                session.sync(ids, cancelled=lambda: len(run) >= 12)
+            assert session.ids == ids[:10] and session.tokens_computed == computed
+            if searched:  # a search step after the context: its scratch slots are the chunk's
+                session.tree_step([ids[10]], [0], [[]])
+                session.reset_scratch()
+            logits = session.sync(ids)
+            assert run == (layers[:12] + layers + layers if searched else layers)  # searched: the step, then the chunk anew
+            assert torch.equal(logits, expected)
+            session.sync(ids[:10])
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def test_a_cold_documents_recent_text_survives_interrupted_background_work(p):

@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", type=Path, nargs="+", required=True, help="UTF-8 text file(s); the first ~6000 "
                    "characters are the context, the following ones are typed")
     p.add_argument("--chars", type=int, default=600, help="characters to type (default 600)")
+    p.add_argument("--context-chars", type=int, default=6000,
+                   help="characters of the text opened before typing starts (default %(default)s)")
     p.add_argument("--n", type=int, default=3, help="suggestions per request (default 3)")
     p.add_argument("--out", type=Path, default=Path("results/bench-lsp.json"), help="JSON report (default %(default)s)")
     p.add_argument("--model", type=Path, help="model file for the server (default: its default)")
@@ -240,7 +242,8 @@ def _bench_lsp(args: argparse.Namespace) -> int:
         command += ["--model", str(args.model)]
     reports = []
     for path in args.text:
-        reports.append(run_bench(path, command, args.chars, args.n, inline=args.inline))
+        reports.append(run_bench(path, command, args.chars, args.n, inline=args.inline,
+                                 context_chars=args.context_chars))
         print_report(reports[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reports, indent=2))

@@ -27,9 +27,9 @@ PACE_S = 0.120
 
 
 def run_bench(text_path: Path, server_command: list[str], typed_chars: int = 600, n: int = 3,
-              inline: bool = False) -> dict:
+              inline: bool = False, context_chars: int = CONTEXT_CHARS) -> dict:
     text = text_path.read_text(encoding="utf-8")
-    cut = text.rfind(" ", 0, CONTEXT_CHARS) + 1  # open on a word start
+    cut = text.rfind(" ", 0, context_chars) + 1  # open on a word start
     context, typed = text[:cut], text[cut:cut + typed_chars]
     server = LspProcess(server_command, configuration={"nextword": {"maxSuggestions": n}})
     try:

@@ -4,13 +4,12 @@ never waits for a whole background forward to finish)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 
 class Cancelled(Exception):
-    """The work was superseded or cancelled; partial work that is still valid was kept."""
+    """The work was superseded or cancelled; partial work that is still valid was kept.
+    `paused`: where a forward call stopped, for going on from there (`Transformer.forward`)."""
 
+    def __init__(self, paused: object | None = None):
+        super().__init__()
+        self.paused = paused
 
-def check(cancelled: Callable[[], bool] | None) -> None:
-    if cancelled is not None and cancelled():
-        raise Cancelled()

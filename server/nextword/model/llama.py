@@ -16,12 +16,13 @@ layer is a handful of large operators rather than many small ones.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nextword.model.cancel import check
+from nextword.model.cancel import Cancelled
 from nextword.model.config import ModelConfig
 
 
@@ -51,6 +52,15 @@ class KVCache:
         k[:, :, : self.slots] = self.k
         v[:, :, : self.slots] = self.v
         self.k, self.v = k, v
+
+
+@dataclass
+class PausedForward:
+    """A forward call stopped before layer `layer`: the hidden states entering it and the additive
+    attention mask. The cache holds the call's keys/values for the layers before `layer` only."""
+    x: Tensor
+    layer: int
+    mask: Tensor | None
 
 
 class RMSNorm(nn.Module):
@@ -199,28 +209,33 @@ class Transformer(nn.Module):
     @torch.inference_mode()
     def forward(self, tokens: Tensor, positions: Tensor, cache: KVCache, slots: Tensor | None = None,
                 mask: Tensor | None = None, last_only: bool = False,
-                cancelled: Callable[[], bool] | None = None) -> Tensor:
+                cancelled: Callable[[], bool] | None = None, resume: PausedForward | None = None) -> Tensor:
         """Run new tokens through the model, storing their keys/values in `cache`.
 
         tokens, positions, slots: [T] int64 (slots default to positions).
         mask: [T, span] bool, True where a token may attend (span = the cache slots in use after
         this call); None means causal attention over slots [0, max(slots)] with slot == position.
         Returns logits [T, vocab] in fp32 (or [1, vocab] for the last token only).
-        cancelled: checked between layers; raises Cancelled when true (the cache then holds
-        partial keys/values in `slots`, which the caller must treat as not computed).
+        cancelled: checked between layers; when true, raises Cancelled whose `paused` is a
+        `PausedForward`: pass it as `resume` (same tokens, positions, slots and mask, the cache
+        untouched since) to go on from the layer it stopped at.
         """
         if slots is None:
             slots = positions
         span = int(slots.max()) + 1
-        if mask is None and tokens.shape[0] > 1:
-            mask = torch.arange(span, device=tokens.device)[None, :] <= positions[:, None]
-        x = self.embed(tokens)
-        if mask is not None:  # as an additive bias once, rather than converted by every layer's attention
-            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        if resume is not None:
+            x, first_layer, mask = resume.x, resume.layer, resume.mask
+        else:
+            if mask is None and tokens.shape[0] > 1:
+                mask = torch.arange(span, device=tokens.device)[None, :] <= positions[:, None]
+            x, first_layer = self.embed(tokens), 0
+            if mask is not None:  # as an additive bias once, rather than converted by every layer's attention
+                mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         cos, sin = self._rotary(positions)
-        for i, block in enumerate(self.blocks):
-            check(cancelled)
-            x = block(x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
+        for i in range(first_layer, len(self.blocks)):
+            if cancelled is not None and cancelled():
+                raise Cancelled(PausedForward(x, i, mask))
+            x = self.blocks[i](x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
         if last_only:
             x = x[-1:]
         return self.head(self.norm(x)).float()

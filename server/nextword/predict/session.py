@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from nextword.model.cancel import Cancelled
-from nextword.model.llama import KVCache, Transformer, move_keys
+from nextword.model.llama import KVCache, PausedForward, Transformer, move_keys
 
 __all__ = ["Cancelled", "Session", "common_prefix_length", "remember"]
 
@@ -56,6 +56,7 @@ class Session:
         self._extensions: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = OrderedDict()
         self._scratch_used = 0
         self._paused_search: tuple[tuple[int, ...], object] | None = None  # see `pause_search`
+        self._paused_chunk: tuple[int, tuple[int, ...], PausedForward] | None = None  # see `_compute`
 
     def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
         """Make the cache hold exactly `ids`; return the next-token logits after them."""
@@ -75,15 +76,29 @@ class Session:
             return self._extend_from(ids, *extension)
         self.ids = ids[:keep]
         while len(self.ids) < len(ids):
-            chunk = ids[len(self.ids): len(self.ids) + PREFILL_CHUNK]
-            start = len(self.ids)
-            positions = torch.arange(start, start + len(chunk), device=self._device)
-            logits = self.model(torch.tensor(chunk, device=self._device), positions, self.cache, last_only=True,
-                                cancelled=cancelled)
-            self.ids.extend(chunk)
-            self.tokens_computed += len(chunk)
+            logits = self._compute(ids[len(self.ids): len(self.ids) + PREFILL_CHUNK], cancelled)
         remember(self._logits, key, logits[-1])
         return logits[-1]
+
+    def _compute(self, chunk: list[int], cancelled: Callable[[], bool] | None) -> Tensor:
+        """Append `chunk` to the context (one forward call); the logits after its last token.
+        A call the next keystroke stops between layers is kept, and the next call for the same
+        chunk at the same place goes on from that layer: on a slow CPU a chunk takes longer than
+        the pause between keys, and would otherwise never be done while someone types."""
+        start = len(self.ids)
+        paused, self._paused_chunk = self._paused_chunk, None
+        resume = paused[2] if paused is not None and paused[:2] == (start, tuple(chunk)) else None
+        positions = torch.arange(start, start + len(chunk), device=self._device)
+        try:
+            logits = self.model(torch.tensor(chunk, device=self._device), positions, self.cache, last_only=True,
+                                cancelled=cancelled, resume=resume)
+        except Cancelled as stopped:
+            if stopped.paused is not None:
+                self._paused_chunk = (start, tuple(chunk), stopped.paused)
+            raise
+        self.ids.extend(chunk)
+        self.tokens_computed += len(chunk)
+        return logits
 
     def remember_extension(self, tokens: tuple[int, ...], slots: list[int], logits: Tensor) -> None:
         """Keep what a word search computed for `tokens` after the current context: their keys
@@ -96,6 +111,7 @@ class Session:
         """Sync to `ids` = a cached context + tokens remembered by `remember_extension`: their keys
         and values were computed at the same positions, attending to the same tokens."""
         start = len(ids) - k.shape[2]
+        self._paused_chunk = None  # its slots are written over
         self.cache.k[:, :, start:len(ids)] = k
         self.cache.v[:, :, start:len(ids)] = v
         self.ids = ids[:]
@@ -146,6 +162,7 @@ class Session:
             self._ensure_slots(first + len(tokens) + SCRATCH_SLOTS)
         slots = list(range(first, first + len(tokens)))
         self._scratch_used += len(tokens)
+        self._paused_chunk = None  # a chunk paused after the context had its keys/values in these slots
         span = first + len(tokens)
         # Everyone sees the context; in the scratch part, each beam sees its ancestors and itself.
         scratch = [[False] * (span - n_ctx) for _ in tokens]
