@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("lsp", help="language server latency over stdio while typing a corpus text")
-    p.add_argument("--text", type=Path, nargs="+", required=True, help="UTF-8 text file(s); the first ~6000 "
-                   "characters are the context, the following ones are typed")
+    p.add_argument("--text", type=Path, nargs="+", required=True, help="UTF-8 text file(s); the first "
+                   "--context-chars characters are the context, the following ones are typed")
     p.add_argument("--chars", type=int, default=600, help="characters to type (default 600)")
     p.add_argument("--context-chars", type=int, default=6000,
                    help="characters of the text opened before typing starts (default %(default)s)")
