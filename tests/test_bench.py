@@ -85,13 +85,13 @@ def test_word_extension_follows_the_typed_prefix_and_stops_at_the_word_end():
 def run_with(word_start: list[float], in_word: list[float], open_ms: float, rss: float) -> dict:
     mode = {"samples_ms": {"word_start": word_start, "in_word": in_word}, "ksr": 0.5, "empty_answers": 1,
             "requests": len(word_start) + len(in_word)}
-    return {"typed_chars": 10, "paced_120ms": mode, "back_to_back": mode, "open_to_first_answer_ms": open_ms,
+    return {"typed_chars": 10, "paced": mode, "back_to_back": mode, "open_to_first_answer_ms": open_ms,
             "peak_rss_mb": rss}
 
 
 def test_summary_pools_texts_and_ratios_divide_by_nextword():
     ours = summarize([run_with([1.0, 2.0], [1.0], 100.0, 300.0), run_with([3.0, 4.0], [1.0], 300.0, 400.0)])
-    word_start = ours["paced_120ms"]["word_start"]
+    word_start = ours["paced"]["word_start"]
     assert word_start["count"] == 4 and word_start["p50"] == 3.0 and word_start["max"] == 4.0
     assert ours["open_to_first_answer_ms"] == 200.0 and ours["peak_rss_mb"] == 400.0
     assert ours["typed_chars"] == 20 and ours["back_to_back"]["requests"] == 6
@@ -121,6 +121,13 @@ def test_unknown_server_is_a_clear_error():
     assert server_command("naive")[:3] == [sys.executable, "-m", "nextword.eval.peers"]
 
 
+@pytest.mark.parametrize("pace_ms", [0.0, -120.0])
+def test_bench_lsp_refuses_a_pace_that_is_not_above_zero(tmp_path, pace_ms):
+    from nextword.eval.bench_lsp import run_bench
+    with pytest.raises(ValueError, match="pace between keystrokes must be above 0 ms"):
+        run_bench(tmp_path / "never-read.txt", [sys.executable, "-c", "raise SystemExit(1)"], pace_ms=pace_ms)
+
+
 def test_bench_lsp_says_when_the_server_cannot_load_its_model(tmp_path):
     """Rather than wait forever for suggestions that cannot come."""
     from nextword.eval.bench_lsp import run_bench
@@ -137,9 +144,11 @@ def test_bench_lsp_types_the_text_and_times_every_request(default_model_path, tm
     text = tmp_path / "text.txt"
     text.write_text(CONTEXT + "Madrid", encoding="utf-8")
     command = [sys.executable, "-m", "nextword", "serve", "--model", str(default_model_path)]
-    report = run_bench(text, command, typed_chars=6, n=3, inline=inline)
+    pace_ms = 50.0 if inline else 120.0
+    report = run_bench(text, command, typed_chars=6, n=3, inline=inline, pace_ms=pace_ms)
     assert report["server_exit_status"] == 0 and report["open_to_first_answer_ms"] > 0
-    for mode in ("paced_120ms", "back_to_back"):
+    assert report["paced"]["pace_ms"] == pace_ms and report["back_to_back"]["pace_ms"] is None
+    for mode in ("paced", "back_to_back"):
         r = report[mode]
         assert r["requests"] == 7  # before the first keystroke, then after each of "Madrid"
         assert r["in_word_ms"]["count"] == 6 and r["word_start_ms"]["count"] == 1

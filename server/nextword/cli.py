@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context-chars", type=int, default=6000,
                    help="characters of the text opened before typing starts (default %(default)s)")
     p.add_argument("--n", type=int, default=3, help="suggestions per request (default 3)")
+    p.add_argument("--pace-ms", type=float, default=120.0,
+                   help="milliseconds between keystrokes in the paced run (default %(default)g: a fast typist)")
     p.add_argument("--out", type=Path, default=Path("results/bench-lsp.json"), help="JSON report (default %(default)s)")
     p.add_argument("--model", type=Path, help="model file for the server (default: its default)")
     p.add_argument("--inline", action="store_true",
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-chars", type=int, default=40, help="characters typed per text for the naive "
                    "server, which recomputes the whole context per request (seconds each; default 40)")
     p.add_argument("--n", type=int, default=3, help="suggestions per request (default 3)")
+    p.add_argument("--pace-ms", type=float, default=120.0,
+                   help="milliseconds between keystrokes in the paced runs (default %(default)g: a fast typist)")
     p.add_argument("--device", default="cpu", help="passed to the servers: cpu or cuda (default cpu; the "
                    "llama.cpp peer is a CPU build)")
     p.add_argument("--model", type=Path, help="model file for nextword and the naive server (default: theirs)")
@@ -243,7 +247,7 @@ def _bench_lsp(args: argparse.Namespace) -> int:
     reports = []
     for path in args.text:
         reports.append(run_bench(path, command, args.chars, args.n, inline=args.inline,
-                                 context_chars=args.context_chars))
+                                 context_chars=args.context_chars, pace_ms=args.pace_ms))
         print_report(reports[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reports, indent=2))
@@ -283,7 +287,8 @@ def _bench_compare(args: argparse.Namespace) -> int:
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if unknown := [s for s in servers if s not in SERVERS]:
         raise ValueError(f"unknown server(s) {', '.join(unknown)} (expected some of {', '.join(SERVERS)})")
-    report = run_compare(args.text, servers, args.chars, args.naive_chars, args.n, args.device, args.model)
+    report = run_compare(args.text, servers, args.chars, args.naive_chars, args.n, args.device, args.model,
+                         args.pace_ms)
     if not args.no_model_bench:
         context = args.text[0].read_text(encoding="utf-8")
         report["model"] = _model_bench_report(args.model, args.device, None, 1500, 15, context)

@@ -2,7 +2,7 @@
 
 Each server (nextword, naive, llamacpp: see eval/peers/) is started as a language server on stdio
 and driven by `bench lsp`'s client over the same texts: didOpen of ~1.5k tokens, then typing at
-120 ms per keystroke and back to back. Latencies are pooled over the texts per server; the report
+a fast typist's pace (120 ms per keystroke unless told otherwise) and back to back. Latencies are pooled over the texts per server; the report
 has p50/p90/p99 for word-start and in-word requests, didOpen to first answer, peak RSS, the ratios
 of each peer's numbers to nextword's, and (bench_model) the machine's memory bandwidth and the
 model's decode step against its floor. Written as JSON, a markdown table and a latency CDF (PNG).
@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from nextword.eval.bench_lsp import percentiles, run_bench
+from nextword.eval.bench_lsp import PACE_MS, percentiles, run_bench
 
 SERVERS = ("nextword", "naive", "llamacpp")
-MODES = ("paced_120ms", "back_to_back")
+MODES = ("paced", "back_to_back")
 KINDS = ("word_start", "in_word")
 
 
@@ -50,7 +50,7 @@ def llamacpp_missing() -> str | None:
 
 
 def run_compare(texts: list[Path], servers: list[str], chars: int, naive_chars: int, n: int = 3,
-                device: str = "cpu", model: Path | None = None) -> dict:
+                device: str = "cpu", model: Path | None = None, pace_ms: float = PACE_MS) -> dict:
     runs: dict[str, list[dict]] = {}
     skipped: dict[str, str] = {}
     failed: dict[str, list[str]] = {}
@@ -65,7 +65,7 @@ def run_compare(texts: list[Path], servers: list[str], chars: int, naive_chars: 
             print(f"{name}: {path.name}, typing {typed} characters", file=sys.stderr, flush=True)
             started = time.perf_counter()
             try:
-                runs[name].append(run_bench(path, server_command(name, device, model, n), typed, n))
+                runs[name].append(run_bench(path, server_command(name, device, model, n), typed, n, pace_ms=pace_ms))
             except (ConnectionError, TimeoutError, OSError) as e:  # one broken server must not lose the others
                 failed.setdefault(name, []).append(f"{path.name}: {e}")
                 print(f"{name}: {path.name} failed: {e}", file=sys.stderr)
@@ -73,7 +73,7 @@ def run_compare(texts: list[Path], servers: list[str], chars: int, naive_chars: 
             print(f"{name}: {path.name} done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         if not runs[name]:
             del runs[name]
-    report = {"machine": machine(), "device": device, "n": n, "texts": [str(p) for p in texts],
+    report = {"machine": machine(), "device": device, "n": n, "pace_ms": pace_ms, "texts": [str(p) for p in texts],
               "servers": {name: summarize(name_runs) for name, name_runs in runs.items()},
               "skipped": skipped, "failed": failed, "runs": runs}
     report["ratios_to_nextword"] = ratios(report["servers"])
@@ -101,7 +101,7 @@ def summarize(runs: list[dict]) -> dict:
 def metrics(summary: dict) -> dict[str, float | None]:
     """The headline numbers of one server, by name (the table's columns)."""
     out: dict[str, float | None] = {}
-    for mode, short in (("paced_120ms", "paced"), ("back_to_back", "b2b")):
+    for mode, short in (("paced", "paced"), ("back_to_back", "b2b")):
         for kind in KINDS:
             p = summary[mode][kind]
             for q in ("p50", "p90", "p99"):
@@ -165,7 +165,7 @@ def plot_cdf(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, mode, title in zip(axes, MODES, ("typed at 120 ms per keystroke", "back to back")):
+    for ax, mode, title in zip(axes, MODES, (f"typed at {report['pace_ms']:g} ms per keystroke", "back to back")):
         for color, (name, summary) in enumerate(report["servers"].items()):
             for kind, style in (("word_start", "-"), ("in_word", ":")):
                 xs = sorted(summary[mode][kind]["samples_ms"])
