@@ -243,31 +243,28 @@ def test_a_document_cache_is_allocated_once_for_a_full_window(p):
 def test_a_moved_window_answers_at_once_from_the_old_cache(p):
     """When the window overflows it moves forward, and the half it keeps is computed again at its
     new positions in the background. Until then quick-start requests answer from the old cache's
-    tokens moved there: the kept text is not computed again, and the words are close to those the
-    recomputed window gives (the moved keys and values are approximate, see `Session.move`)."""
+    tokens moved there: the kept text is not computed again, and the words are those the recomputed
+    window gives (in this case; the moved keys and values are approximate, see `Session.moved`)."""
     text = ""
     for day in range(200):  # ~1000 tokens of prose that does not repeat itself
         sentence = f"On day {day} Ruth gleaned {day % 7 + 2} sheaves in the field of Boaz, and Naomi waited. "
-        if len(p.tokenizer.encode(text + sentence)) > 1015:
+        if len(p.tokenizer.encode(text + sentence)) > 1000:
             break
         text += sentence
     p.predict(text, session="moving")  # the whole window cached
     start = p._sessions["moving"].window_start
-    # Less than a chunk of new text: more would be answered from the recent text (as when cold).
     longer = text + ("Then Boaz said to Ruth, listen well, my daughter: do not go to glean in another field, "
-                     "and do not leave this one, but stay close to my young women. And ")
+                     "and do not leave this one, but stay close to my young women. Keep your eyes on the field "
+                     "that they reap, and go after them. Have I not told the young men not to touch you? And ")
     before = p.tokens_computed
     moved = p.predict(longer, session="moving", quick_start=True)
-    s = p._sessions["moving"]
-    assert s.window_start > start and "moving" not in p._recent
-    assert len(s.ids) > 400 and s.exact <= 2  # the kept half of the window, moved in place
+    assert p._sessions["moving"].window_start > start
+    _, recent = p._recent["moving"]
+    assert len(recent.ids) > 400  # the kept half of the window
     new_tokens = len(p.tokenizer.encode(longer)) - len(p.tokenizer.encode(text))
-    assert new_tokens < PREFILL_CHUNK
-    assert p.tokens_computed - before <= 1 + new_tokens + 8 * 8  # a new first token, the new sentence, the search
+    assert p.tokens_computed - before <= new_tokens + 8 * 8  # the new sentence and the search only
     p.prefill(longer, session="moving")
-    assert s.exact == len(s.ids)  # computed again in place
-    exact = p.predict(longer, session="moving", quick_start=True)
-    assert len(set(words(exact)) & set(words(moved))) >= 2  # approximate, but close
+    assert set(words(p.predict(longer, session="moving", quick_start=True))) == set(words(moved))
 
 
 def test_a_cold_document_first_answers_from_recent_text(p):
@@ -386,40 +383,6 @@ def test_a_forward_call_stopped_between_layers_goes_on_from_that_layer(story_sea
             assert run == (layers[:12] + layers + layers if searched else layers)  # searched: the step, then the chunk anew
             assert torch.equal(logits, expected)
             session.sync(ids[:10])
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def test_moved_tokens_stopped_while_computed_again_go_on_after_a_request_answers_from_them(story_search):
-    """After a window move, background work computes the moved tokens again in place, chunk by
-    chunk; a keystroke stops it mid-chunk, the request answers from the moved tokens (appending
-    what was typed), and the background work then goes on from the layer it stopped at."""
-    loaded, _, ids = story_search
-    model = loaded.model
-    run: list[int] = []  # the layers run, in order
-    hooks = [block.register_forward_pre_hook(lambda module, args, i=i: run.append(i))
-             for i, block in enumerate(model.blocks)]
-    layers = list(range(len(model.blocks)))
-    kept = ids[20:20 + PREFILL_CHUNK]  # one chunk
-    try:
-        session = Session(model, len(ids))
-        session.sync(ids[:20 + PREFILL_CHUNK])
-        session.move(20, len(kept), lead=[])
-        window = ids[:1] + kept
-        run.clear()
-        with pytest.raises(Cancelled):
-            session.sync(window + [ids[-1]], cancelled=lambda: len(run) >= 12)
-        assert session.exact == 1 and session.ids == window
-        run.clear()
-        session.sync(window + [ids[-1]], approximate=True)  # the request: one token, from the moved ones
-        assert run == layers and session.exact == 1
-        run.clear()
-        logits = session.sync(window + [ids[-1]])
-        assert run == layers[12:] + layers  # the paused chunk goes on, then the last token again
-        assert session.exact == len(window) + 1
-        fresh = Session(model, len(ids))
-        assert (logits - fresh.sync(window + [ids[-1]])).abs().max() < 2e-3
     finally:
         for hook in hooks:
             hook.remove()

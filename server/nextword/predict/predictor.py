@@ -245,10 +245,8 @@ class Predictor:
             ids = self._window_ids(session, stripped)
             lag = len(ids) - common_prefix_length(s.ids, ids)
             # Answer from the recent text until background work has filled the window to within a
-            # chunk, and from a moved window's moved keys and values until background work has
-            # computed them again to within a chunk: a request never waits for more than one chunk.
+            # chunk: a request never waits for more than one chunk of it.
             recent = quick_start and lag > PREFILL_CHUNK
-            approximate = quick_start and s.moved_tokens(ids) > PREFILL_CHUNK
             if recent:
                 # The recent text starts at a fixed token, so typing on extends its cache too.
                 if session not in self._recent:
@@ -256,7 +254,7 @@ class Predictor:
                                              Session(self.model, QUICK_START_TOKENS + PREFILL_CHUNK))
                 start, s = self._recent[session]
                 ids = [self.start_id] + ids[min(start, len(ids) - 1):]
-            logits = s.sync(ids, cancelled, approximate=approximate)
+            logits = s.sync(ids, cancelled)
             if not recent:
                 self._drop_recent(session)  # the whole window is cached now
             lists: dict[str, WordList] = s.word_lists().setdefault(gap, {})
@@ -324,13 +322,13 @@ class Predictor:
 
     def _window_ids(self, session: str, context: str) -> list[int]:
         """Token ids of the context window: a document-start token, then the text from the
-        session's window start (`_window_tokens`); when the start moves, the tokens the new window
-        keeps are moved in the cache (`_move_window`)."""
+        session's window start (`_window_tokens`); when the start moves, the quick start answers
+        from the old cache for a while (`_quick_start_from_moved_window`)."""
         s = self._sessions[session]
         start, cached = s.window_start, s.ids
         window = self._window_tokens(s, context)
         if s.window_start != start and len(cached) > 1:
-            self._move_window(session, s, cached, window)
+            self._quick_start_from_moved_window(session, s, cached, window)
         return window
 
     def _window_tokens(self, s: Session, context: str) -> list[int]:
@@ -347,10 +345,10 @@ class Predictor:
             ids = self._encode(s, context[s.window_start:])
         return [self.start_id] + ids
 
-    def _move_window(self, session: str, s: Session, cached: list[int], window: list[int]) -> None:
+    def _quick_start_from_moved_window(self, session: str, s: Session, cached: list[int], window: list[int]) -> None:
         """The window just moved forward, so the whole of it is to be computed again (~0.5 s on
         a CPU). Until then quick-start requests answer from the cached tokens the new window
-        keeps, moved to their new positions (`Session.move`): at once, and from more context than
+        keeps, moved to their new positions (`Session.moved`): at once, and from more context than
         QUICK_START_TOKENS computed from scratch would give. The new window's first token may
         differ from the cached one (" The" -> "The" at a sentence start), so the kept tokens are
         found from the second on."""
@@ -362,12 +360,8 @@ class Predictor:
         if not matches:
             return
         count, first = max(((common_prefix_length(cached[i:], window[2:]), i) for i in matches), key=lambda c: c[0])
-        if count <= QUICK_START_TOKENS:  # the usual quick start answers from as much context
-            return
-        if cached[first - 1] == window[1]:  # the same first token: keep it too
-            s.move(first - 1, count + 1, lead=[])
-        else:
-            s.move(first, count, lead=window[1:2])
+        if count > QUICK_START_TOKENS:  # else the usual quick start answers from as much context
+            self._recent[session] = (2, s.moved(first, count, count + PREFILL_CHUNK))
 
     def _start_fits(self, context: str, start: int) -> bool:
         """Whether a window start can stay for `context` before tokenizing: it is inside the text,

@@ -3,9 +3,6 @@
 Moving a session to a new context keeps the longest common token prefix and computes only the
 rest, so typing at the end of a document costs a token or two per word, not the whole context.
 Slots after the context are scratch space for the word search's beams (see `tree_step`).
-When the context window moves forward, the tokens it keeps are moved to their new positions in
-place (`move`): approximate keys and values that answer at once, made exact again chunk by chunk
-by the next syncs that ask for exactness.
 """
 
 from __future__ import annotations
@@ -45,9 +42,6 @@ class Session:
         self.cache: KVCache | None = None  # allocated on first use, grown if ever needed
         self._planned_slots = context_tokens + SCRATCH_SLOTS
         self.ids: list[int] = []  # tokens whose keys/values are valid in cache slots [0, len(ids))
-        # Slots [0, exact) hold what a fresh prefill of ids would; the rest were moved there (`move`).
-        self.exact = 0
-        self._moved_results = False  # the memos below may hold results computed from moved slots
         self.window_start = 0  # character offset of the context window in the document
         # The predictor's recently tokenized window texts: speculation goes back and forth between
         # the text typed and the text after the likeliest next word.
@@ -64,51 +58,36 @@ class Session:
         self._paused_search: tuple[tuple[int, ...], object] | None = None  # see `pause_search`
         self._paused_chunk: tuple[int, tuple[int, ...], PausedForward] | None = None  # see `_compute`
 
-    def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None, approximate: bool = False) -> Tensor:
-        """Make the cache hold exactly `ids`; return the next-token logits after them.
-        approximate: keep the moved keys and values of a window that moved (`move`) rather than
-        compute them again first; the tokens after them are computed attending to them."""
+    def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
+        """Make the cache hold exactly `ids`; return the next-token logits after them."""
         if not ids:
             raise ValueError("a session needs at least one token of context")
         key = tuple(ids)
         keep = common_prefix_length(self.ids, ids)
-        trusted = approximate or not self._moved_results
-        if keep == len(ids) and key in self._logits and trusted:  # the same context, or one we came from
+        if keep == len(ids) and key in self._logits:  # the same context, or one we came from
             self.ids = ids[:]
             self._logits.move_to_end(key)
             return self._logits[key]
         keep = min(keep, len(ids) - 1)  # recompute at least the last token to get its logits
         self._ensure_slots(len(ids) + SCRATCH_SLOTS)
         self._paused_search = None  # what follows writes over the scratch slots
-        if not approximate:
-            while self.exact < keep:  # moved slots, computed again in place
-                self._compute(self.exact, self.ids[self.exact:min(self.exact + PREFILL_CHUNK, keep)], cancelled)
-        extension = self._extensions.get(key) if trusted else None
+        extension = self._extensions.get(key)
         if extension is not None and keep >= len(ids) - extension[0].shape[2]:
             return self._extend_from(ids, *extension)
         self.ids = ids[:keep]
-        self.exact = min(self.exact, keep)
-        self._forget_moved_results()
         while len(self.ids) < len(ids):
-            logits = self._compute(len(self.ids), ids[len(self.ids): len(self.ids) + PREFILL_CHUNK], cancelled)
+            logits = self._compute(ids[len(self.ids): len(self.ids) + PREFILL_CHUNK], cancelled)
         remember(self._logits, key, logits[-1])
         return logits[-1]
 
-    def moved_tokens(self, ids: list[int]) -> int:
-        """How many of the cached tokens that `ids` starts with hold moved keys and values: what a
-        sync that is not `approximate` computes again before the tokens after them."""
-        return max(0, common_prefix_length(self.ids, ids) - self.exact)
-
-    def _compute(self, start: int, chunk: list[int], cancelled: Callable[[], bool] | None) -> Tensor:
-        """Compute the tokens `chunk` at slots and positions from `start` (one forward call): the
-        context's next tokens (start == len(ids): appended), or moved ones computed again in place.
-        Returns the logits after its last token. A call the next keystroke stops between layers
-        is kept, and the next call for the same chunk at the same place goes on from that layer:
-        on a slow CPU a chunk takes longer than the pause between keys, and would otherwise never
-        be done while someone types."""
-        paused = self._paused_chunk
+    def _compute(self, chunk: list[int], cancelled: Callable[[], bool] | None) -> Tensor:
+        """Append `chunk` to the context (one forward call); the logits after its last token.
+        A call the next keystroke stops between layers is kept, and the next call for the same
+        chunk at the same place goes on from that layer: on a slow CPU a chunk takes longer than
+        the pause between keys, and would otherwise never be done while someone types."""
+        start = len(self.ids)
+        paused, self._paused_chunk = self._paused_chunk, None
         resume = paused[2] if paused is not None and paused[:2] == (start, tuple(chunk)) else None
-        self._writing_from(start)
         positions = torch.arange(start, start + len(chunk), device=self._device)
         try:
             logits = self.model(torch.tensor(chunk, device=self._device), positions, self.cache, last_only=True,
@@ -117,29 +96,9 @@ class Session:
             if stopped.paused is not None:
                 self._paused_chunk = (start, tuple(chunk), stopped.paused)
             raise
-        if start == len(self.ids):
-            self.ids.extend(chunk)
-        if start <= self.exact:  # it attended to exact slots only
-            self.exact = max(self.exact, start + len(chunk))
+        self.ids.extend(chunk)
         self.tokens_computed += len(chunk)
         return logits
-
-    def _writing_from(self, slot: int) -> None:
-        """Cache slots from `slot` on are about to be written: a paused chunk that reaches them
-        cannot go on (one before them, a moved stretch being computed again, still can)."""
-        if self._paused_chunk is not None and self._paused_chunk[0] + len(self._paused_chunk[1]) > slot:
-            self._paused_chunk = None
-
-    def _forget_moved_results(self) -> None:
-        """Once no slot holds moved keys and values any more, forget what was computed from them."""
-        if self._moved_results and self.exact >= len(self.ids):
-            self._forget_results()
-
-    def _forget_results(self) -> None:
-        # New memos rather than cleared ones: `Predictor.prepared` may be reading one on another thread.
-        self._logits, self._word_lists, self._extensions = OrderedDict(), OrderedDict(), OrderedDict()
-        self._paused_search = None
-        self._moved_results = False
 
     def remember_extension(self, tokens: tuple[int, ...], slots: list[int], logits: Tensor) -> None:
         """Keep what a word search computed for `tokens` after the current context: their keys
@@ -152,37 +111,29 @@ class Session:
         """Sync to `ids` = a cached context + tokens remembered by `remember_extension`: their keys
         and values were computed at the same positions, attending to the same tokens."""
         start = len(ids) - k.shape[2]
-        self._writing_from(start)
+        self._paused_chunk = None  # its slots are written over
         self.cache.k[:, :, start:len(ids)] = k
         self.cache.v[:, :, start:len(ids)] = v
         self.ids = ids[:]
-        # Computed attending to exact slots only if no slot held moved ones then (else forgotten since)
-        self.exact = len(ids) if self.exact >= start and not self._moved_results else min(self.exact, start)
         remember(self._logits, tuple(ids), logits)
         return logits
 
-    def move(self, first: int, count: int, lead: list[int]) -> None:
-        """For a context window that moved forward: keep only the cached tokens [first, first +
-        count), after the document-start token at 0 and the new tokens `lead` (the new window's
-        first token can differ from the cached one: " The" -> "The"), so as to answer at once
-        rather than compute the kept text again first. In place: the keys are re-rotated to their
-        new positions and the values copied; `lead` is computed (it attends to the start token
-        only). Approximate, as llama.cpp's context shift is: the kept keys and values were
-        computed attending to the tokens before `first` too, so they count as moved until a sync
-        computes them again (`exact`)."""
-        to = 1 + len(lead)
+    def moved(self, first: int, count: int, context_tokens: int) -> Session:
+        """A new session holding this one's tokens [first, first + count) at positions 1.., after
+        the document-start token at 0: for a context window that moved forward, to answer from at
+        once while the new window is computed. The keys are re-rotated to their new positions and
+        the values copied. Approximate, as llama.cpp's context shift is: those keys and values were
+        computed attending to the tokens before `first` too."""
+        moved = Session(self.model, context_tokens)
+        moved._ensure_slots(1 + count)
         k, v = self.cache.k, self.cache.v
+        moved.cache.k[:, :, 0], moved.cache.v[:, :, 0] = k[:, :, 0], v[:, :, 0]
         for layer in range(k.shape[0]):  # a layer at a time: the rotation works on an fp32 copy
-            k[layer, :, to:to + count] = move_keys(k[layer, :, first:first + count], to - first, self.model.config)
-            v[layer, :, to:to + count] = v[layer, :, first:first + count].clone()  # the stretches may overlap
-        self.ids = self.ids[:1] + lead + self.ids[first:first + count]
-        self.exact = min(self.exact, 1)
-        self._paused_chunk = None
-        self._forget_results()
-        self._moved_results = True
-        self.reset_scratch()
-        if lead:
-            self._compute(1, lead, None)
+            moved.cache.k[layer, :, 1:1 + count] = move_keys(k[layer, :, first:first + count], 1 - first,
+                                                             self.model.config)
+        moved.cache.v[:, :, 1:1 + count] = v[:, :, first:first + count]
+        moved.ids = self.ids[:1] + self.ids[first:first + count]
+        return moved
 
     def word_lists(self) -> dict:
         """The predictor's memo for the current context (candidate lists by gap and typed prefix)."""
@@ -211,7 +162,7 @@ class Session:
             self._ensure_slots(first + len(tokens) + SCRATCH_SLOTS)
         slots = list(range(first, first + len(tokens)))
         self._scratch_used += len(tokens)
-        self._writing_from(first)
+        self._paused_chunk = None  # a chunk paused after the context had its keys/values in these slots
         span = first + len(tokens)
         # Everyone sees the context; in the scratch part, each beam sees its ancestors and itself.
         scratch = [[False] * (span - n_ctx) for _ in tokens]
