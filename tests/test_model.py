@@ -21,6 +21,9 @@ PROSE = ("It was a bright cold day in April, and the clocks were striking thirte
 # fp32 on both sides; differences come only from summation order. Measured ~1e-4 on logits of
 # magnitude ~20; the bound leaves room for other CPUs' kernels.
 MAX_LOGIT_DIFF = 2e-3
+# int8 with integer products against bf16, next-token top-1 / bf16's top-1 in int8's top 5: measured
+# 0.78 / 0.89 on PROSE x 4 (0.96 / - for int8 weights computed in bf16); a wrong scale gives ~0.
+INT8_TOP1_AGREEMENT, INT8_TOP5_AGREEMENT = 0.6, 0.8
 
 
 @pytest.fixture(scope="module")
@@ -130,21 +133,21 @@ def test_packed_linear_pads_rows_without_changing_results(rows):
 
 @pytest.mark.parametrize("rows", [1, 8, 13])
 def test_int8_linear_multiplies_by_the_quantized_matrix(rows):
-    """Each row of the weight is stored as int8 times one scale; the product is the bf16 input
-    times that dequantized matrix, and the matrix is within half a step of the original (and
-    the scale's rounding to bf16, 2^-8 of a weight)."""
+    """Each row of the weight is stored as int8 times one scale, within half a step of the
+    original; the product is the fp32 input, quantized per call, times that matrix: close to the
+    exact one."""
     from nextword.model.int8_linear import Int8Linear
     linear = torch.nn.Linear(576, 96, bias=False)
     int8 = Int8Linear(linear)
-    dequantized = int8.weight.float() * int8.scale.float()[:, None]
-    step = int8.scale.float()[:, None]
-    assert ((dequantized - linear.weight).abs() <= step * 0.5 + 2 ** -8 * linear.weight.abs()).all()
-    x = torch.randn(2, rows, 576).to(torch.bfloat16)
+    dequantized = int8.dequantized_weight()
+    step = linear.weight.abs().amax(dim=1, keepdim=True) / 127
+    assert ((dequantized - linear.weight).abs() <= step * 0.5 + 1e-7).all()
+    x = torch.randn(2, rows, 576)
     with torch.inference_mode():
         got = int8(x)
-    assert got.shape == (2, rows, 96) and got.dtype == torch.bfloat16
-    expected = x.float() @ dequantized.T
-    assert (got.float() - expected).abs().max().item() < 0.02 * expected.abs().max().item()
+    assert got.shape == (2, rows, 96) and got.dtype == torch.float32
+    expected = x @ dequantized.T
+    assert (got - expected).abs().max().item() < 0.05 * expected.abs().max().item()
 
 
 def test_auto_dtype_is_bf16_on_bf16_hardware_else_int8_for_inference_on_x86(monkeypatch, default_model_path):
@@ -164,16 +167,28 @@ def test_auto_dtype_is_bf16_on_bf16_hardware_else_int8_for_inference_on_x86(monk
 
 def test_int8_weights_predict_what_bf16_weights_predict(default_model_path):
     """`dtype="int8"`: every linear layer's matrix in int8 (a tied head gets its own copy), the
-    rest in bf16; the next-token predictions over a prose text agree with bf16's."""
+    rest in fp32. Over a prose text computed as a session computes it (the document-start token,
+    then 64-token chunks), the next-token predictions mostly agree with bf16's: each call's input
+    shares one 8-bit scale, which loses more than the weights' rounding does (README, "Without
+    bf16 hardware", for what it costs in keystrokes)."""
     from nextword.model.int8_linear import Int8Linear
     bf16 = load_model(default_model_path, device="cpu", dtype="bfloat16")
     int8 = load_model(default_model_path, device="cpu", dtype="int8")
-    assert int8.weights_dtype == "int8" and int8.dtype == torch.bfloat16 and bf16.weights_dtype == "bfloat16"
+    assert int8.weights_dtype == "int8" and int8.dtype == torch.float32 and bf16.weights_dtype == "bfloat16"
     assert sum(isinstance(m, Int8Linear) for m in int8.model.modules()) == 4 * bf16.config.n_layers + 1
     assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
-    ids = bf16.tokenizer.encode(PROSE)
-    expected, got = full_forward(bf16, ids), full_forward(int8, ids)
-    assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > 0.9
+    ids = [bf16.tokenizer.document_start_id] + bf16.tokenizer.encode(" ".join([PROSE] * 4))
+    expected, got = chunked_forward(bf16, ids), chunked_forward(int8, ids)
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > INT8_TOP1_AGREEMENT
+    in_top5 = (got.topk(5, -1).indices == expected.argmax(-1)[:, None]).any(-1)
+    assert in_top5.float().mean().item() > INT8_TOP5_AGREEMENT
+
+
+def chunked_forward(loaded, ids, chunk=64):
+    """Logits after every token, computed in chunks with a KV cache, as a session prefills."""
+    cache = loaded.model.new_cache(len(ids))
+    return torch.cat([loaded.model(torch.tensor(ids[s:s + chunk]), torch.arange(s, min(s + chunk, len(ids))), cache)
+                      for s in range(0, len(ids), chunk)])
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -128,7 +128,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", type=Path, help="a LoRA adapter from `nextword finetune --adapter-only`, "
                    "merged into the model while loading")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, or int8 (int8 weights computed in bf16: less "
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, or int8 (int8 weights and integer products: less "
                    "memory, faster steps on CPUs without bf16) (default: bfloat16 where the hardware "
                    "computes it, else int8 on x86 CPUs and float32 elsewhere; training: float32)")
     p.add_argument("--max-context-tokens", type=int, default=1024, help="context window in tokens (default 1024)")

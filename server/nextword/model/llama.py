@@ -200,7 +200,7 @@ class Transformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype activations are computed in (int8 weights compute in bf16)."""
+        """The dtype activations are computed in (int8 weights compute in fp32)."""
         return self.norm.weight.dtype
 
     def new_cache(self, slots: int) -> KVCache:

@@ -19,7 +19,7 @@ from nextword.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16,
-          "int8": torch.bfloat16}  # int8 weights (model/int8_linear.py), computed in bf16: CPU only
+          "int8": torch.float32}  # int8 weights (model/int8_linear.py), the rest in fp32: CPU only
 
 
 @dataclass
@@ -63,7 +63,7 @@ def auto_dtype(device: torch.device, inference: bool) -> str:
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """The dtype activations are computed in for a format name ("int8" computes in bf16)."""
+    """The dtype activations are computed in for a format name ("int8" computes in fp32)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -96,8 +96,11 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
     state = fused_state_dict(file.tensors, file.config)
     if lora is not None:  # merged at the file's precision, before any dtype change
         merge_adapter(state, file.config, lora, adapter)
+    # int8: the matrices are quantized from bf16 copies (a layer at a time, below), not from fp32
+    # ones: the whole model in fp32 would be a 540 MB moment.
+    load_dt = torch.bfloat16 if int8 else dt
     for name, tensor in state.items():
-        state[name] = tensor.to(dtype=dt)  # one at a time: a dtype change never holds two copies
+        state[name] = tensor.to(dtype=load_dt)  # one at a time: a dtype change never holds two copies
     model.load_state_dict(state, assign=True, strict=True)
     del state
     if file.config.tie_embeddings:
@@ -108,5 +111,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str | torch.dtype 
         # The head has a copy of its own now: the embedding is only a lookup table (a few rows per
         # keystroke), left in the file rather than in memory.
         model.embed = FileEmbedding(file.path, file.stored["model.embed_tokens.weight"], dt)
+    if int8:
+        model.to(dt)  # the norms: the int8 layers and the embedding in the file hold no float tensors
     return LoadedModel(model, tokenizer, file.config, file.path, dev, dt, Path(adapter) if adapter else None, int8)
 
