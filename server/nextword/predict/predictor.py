@@ -40,9 +40,10 @@ __all__ = ["Cancelled", "Predictor", "Suggestion"]
 
 CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
 SPECULATED_LETTERS = 4  # next letters whose lists are prepared between keystrokes
-# Recent text a cold document's first answers come from (see `predict`): one prefill chunk with
-# the start token, ~60 ms, so that the first key typed into a document just opened is answered
-# before the next (192 tokens took ~200 ms: the first keys' answers came too late).
+# Recent text a cold document's first answers come from (see `predict`): with the start token, one
+# prefill chunk's worth, ~60 ms (and ~25 for the start token, computed alone: `Session.sync`), so
+# that the first key typed into a document just opened is answered before the next (192 tokens
+# took ~200 ms: the first keys' answers came too late).
 QUICK_START_TOKENS = PREFILL_CHUNK - 1
 MOVE_PROBE_TOKENS = 16  # tokens that find where a moved window's text starts in the old cache
 CACHED_DOCUMENTS = 64  # documents whose words the cache model keeps (least recently used are dropped)

@@ -76,7 +76,12 @@ class Session:
             return self._extend_from(ids, *extension)
         self.ids = ids[:keep]
         while len(self.ids) < len(ids):
-            logits = self._compute(ids[len(self.ids): len(self.ids) + PREFILL_CHUNK], cancelled)
+            start = len(self.ids)
+            # The first token alone: its activations are far larger than any other token's (it is
+            # where attention rests), and int8 inputs share one scale per call (model/int8_linear.py),
+            # so in a chunk with it every other token would be computed coarsely (int8, "The capital
+            # of France is": "located", not "Paris"). One more small forward call per session.
+            logits = self._compute(ids[start:start + (1 if start == 0 else PREFILL_CHUNK)], cancelled)
         remember(self._logits, key, logits[-1])
         return logits[-1]
 
