@@ -395,6 +395,19 @@ def test_a_forward_call_stopped_between_layers_goes_on_from_that_layer(story_sea
             hook.remove()
 
 
+def test_a_session_copies_the_first_token_that_every_context_starts_with(story_search):
+    """The document-start token is computed once (alone: see `Session.sync`) and copied into each
+    new session: the same logits as computing it, one token less."""
+    loaded, _, ids = story_search
+    first = Session(loaded.model)
+    first.sync(ids[:1])
+    computing, copying = Session(loaded.model), Session(loaded.model, first=first)
+    assert torch.equal(copying.sync(ids), computing.sync(ids))
+    assert copying.tokens_computed == computing.tokens_computed - 1 == len(ids) - 1
+    assert torch.equal(Session(loaded.model, first=first).sync(ids[:1]), first.sync(ids[:1]))
+    assert torch.equal(Session(loaded.model, first=first).sync(ids[1:3]), Session(loaded.model).sync(ids[1:3]))
+
+
 def test_a_cold_documents_recent_text_survives_interrupted_background_work(p):
     """While the whole window is still being filled by background work that keystrokes keep
     interrupting, answers keep coming from the recent text's cache, not recomputed each time."""

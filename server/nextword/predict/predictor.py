@@ -40,10 +40,9 @@ __all__ = ["Cancelled", "Predictor", "Suggestion"]
 
 CHARS_PER_TOKEN = 4  # a generous guess for English, used only to pick a window start before tokenizing
 SPECULATED_LETTERS = 4  # next letters whose lists are prepared between keystrokes
-# Recent text a cold document's first answers come from (see `predict`): with the start token, one
-# prefill chunk's worth, ~60 ms (and ~25 for the start token, computed alone: `Session.sync`), so
-# that the first key typed into a document just opened is answered before the next (192 tokens
-# took ~200 ms: the first keys' answers came too late).
+# Recent text a cold document's first answers come from (see `predict`): one prefill chunk after
+# the start token, ~60 ms, so that the first key typed into a document just opened is answered
+# before the next (192 tokens took ~200 ms: the first keys' answers came too late).
 QUICK_START_TOKENS = PREFILL_CHUNK - 1
 MOVE_PROBE_TOKENS = 16  # tokens that find where a moved window's text starts in the old cache
 CACHED_DOCUMENTS = 64  # documents whose words the cache model keeps (least recently used are dropped)
@@ -79,6 +78,9 @@ class Predictor:
         self._caches: OrderedDict[str, DocumentCache] = OrderedDict()  # by session
         self.table = TokenTable(self.tokenizer.token_bytes, self.tokenizer.special_ids)
         self.start_id = self.tokenizer.document_start_id
+        # Every context starts with the document-start token: computed once, copied into each session.
+        self._first = Session(self.model)
+        self._first.sync([self.start_id])
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._recent: dict[str, tuple[int, Session]] = {}  # by session: (first token, session) of the
         # recent text that answers while the session's whole window is being filled (quick_start)
@@ -252,7 +254,7 @@ class Predictor:
                 # The recent text starts at a fixed token, so typing on extends its cache too.
                 if session not in self._recent:
                     self._recent[session] = (max(1, len(ids) - QUICK_START_TOKENS),
-                                             Session(self.model, QUICK_START_TOKENS + PREFILL_CHUNK))
+                                             Session(self.model, QUICK_START_TOKENS + PREFILL_CHUNK, self._first))
                 start, s = self._recent[session]
                 ids = [self.start_id] + ids[min(start, len(ids) - 1):]
             logits = s.sync(ids, cancelled)
@@ -318,7 +320,7 @@ class Predictor:
             old_key, old = self._sessions.popitem(last=False)
             self._drop_recent(old_key)
             self._closed_tokens += old.tokens_computed
-        s = self._sessions[key] = Session(self.model, self.max_context_tokens)
+        s = self._sessions[key] = Session(self.model, self.max_context_tokens, self._first)
         return s
 
     def _window_ids(self, session: str, context: str) -> list[int]:

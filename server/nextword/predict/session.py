@@ -34,11 +34,14 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Session:
-    def __init__(self, model: Transformer, context_tokens: int = 0):
+    def __init__(self, model: Transformer, context_tokens: int = 0, first: Session | None = None):
         """context_tokens: the most context this session is expected to hold. Its cache is
         allocated for that much plus SCRATCH_SLOTS on first use, so that it need not grow
-        (growing copies the cache, holding both copies for a moment)."""
+        (growing copies the cache, holding both copies for a moment).
+        first: a session holding only the token every context starts with (the document start),
+        whose keys and values are then copied rather than computed (see `sync`)."""
         self.model = model
+        self._first = first
         self.cache: KVCache | None = None  # allocated on first use, grown if ever needed
         self._planned_slots = context_tokens + SCRATCH_SLOTS
         self.ids: list[int] = []  # tokens whose keys/values are valid in cache slots [0, len(ids))
@@ -75,12 +78,16 @@ class Session:
         if extension is not None and keep >= len(ids) - extension[0].shape[2]:
             return self._extend_from(ids, *extension)
         self.ids = ids[:keep]
+        if not self.ids and self._first is not None and self._first.ids == ids[:1]:
+            self.cache.k[:, :, 0], self.cache.v[:, :, 0] = self._first.cache.k[:, :, 0], self._first.cache.v[:, :, 0]
+            self.ids = ids[:1]
+            logits = self._first.sync(ids[:1])[None]  # remembered there
         while len(self.ids) < len(ids):
             start = len(self.ids)
             # The first token alone: its activations are far larger than any other token's (it is
             # where attention rests), and int8 inputs share one scale per call (model/int8_linear.py),
             # so in a chunk with it every other token would be computed coarsely (int8, "The capital
-            # of France is": "located", not "Paris"). One more small forward call per session.
+            # of France is": "located", not "Paris"). Done once per predictor (`first`).
             logits = self._compute(ids[start:start + (1 if start == 0 else PREFILL_CHUNK)], cancelled)
         remember(self._logits, key, logits[-1])
         return logits[-1]
