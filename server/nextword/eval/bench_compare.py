@@ -5,7 +5,8 @@ and driven by `bench lsp`'s client over the same texts: didOpen of ~1.5k tokens,
 a fast typist's pace (120 ms per keystroke unless told otherwise) and back to back. Latencies are
 pooled over the texts per server; the report has p50/p90/p99 for word-start and in-word
 requests, didOpen to first answer, peak RSS, the ratios of each peer's numbers to nextword's,
-and (bench_model) the machine's memory bandwidth and the model's decode step against its floor. Written as JSON, a markdown table and a latency CDF (PNG).
+and (bench_model) the machine's memory bandwidth and the model's decode step against its floor.
+Written as JSON, a markdown table and a latency CDF (PNG).
 """
 
 from __future__ import annotations
