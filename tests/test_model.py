@@ -37,11 +37,13 @@ def reference(default_model_path):
     return to_transformers(read_model_file(default_model_path), attn_implementation="eager")
 
 
-def full_forward(loaded, ids):
-    session = Session(loaded.model)
-    session._ensure_slots(len(ids))
-    positions = torch.arange(len(ids))
-    return loaded.model(torch.tensor(ids), positions, session.cache)
+def full_forward(loaded, ids, chunk=None):
+    """Logits after every token of `ids`: one forward call, or calls of `chunk` tokens each with
+    the KV cache, as a session prefills."""
+    chunk = chunk or len(ids)
+    cache = loaded.model.new_cache(len(ids))
+    return torch.cat([loaded.model(torch.tensor(ids[s:s + chunk]), torch.arange(s, min(s + chunk, len(ids))), cache)
+                      for s in range(0, len(ids), chunk)])
 
 
 def test_forward_matches_transformers(ours, reference):
@@ -178,17 +180,11 @@ def test_int8_weights_predict_what_bf16_weights_predict(default_model_path):
     assert sum(isinstance(m, Int8Linear) for m in int8.model.modules()) == 4 * bf16.config.n_layers + 1
     assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
     ids = [bf16.tokenizer.document_start_id] + bf16.tokenizer.encode(" ".join([PROSE] * 4))
-    expected, got = chunked_forward(bf16, ids), chunked_forward(int8, ids)
+    expected, got = full_forward(bf16, ids, chunk=64), full_forward(int8, ids, chunk=64)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() > INT8_TOP1_AGREEMENT
     in_top5 = (got.topk(5, -1).indices == expected.argmax(-1)[:, None]).any(-1)
     assert in_top5.float().mean().item() > INT8_TOP5_AGREEMENT
 
-
-def chunked_forward(loaded, ids, chunk=64):
-    """Logits after every token, computed in chunks with a KV cache, as a session prefills."""
-    cache = loaded.model.new_cache(len(ids))
-    return torch.cat([loaded.model(torch.tensor(ids[s:s + chunk]), torch.arange(s, min(s + chunk, len(ids))), cache)
-                      for s in range(0, len(ids), chunk)])
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
