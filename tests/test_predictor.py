@@ -10,7 +10,7 @@ from nextword.model.loading import load_model
 from nextword.predict.predictor import QUICK_START_TOKENS, SPECULATED_LETTERS
 from nextword.predict.session import PREFILL_CHUNK, SCRATCH_SLOTS, Cancelled, Session
 from nextword.predict.text import split_partial_word
-from nextword.predict.word_search import TokenTable, search_words
+from nextword.predict.word_search import ROWS_AT_ONCE, StepLogprobs, TokenTable, search_words
 
 STORY = ("Naomi had a relative of her husband's, a mighty man of wealth, of the family of Elimelech, "
          "and his name was Boaz. Ruth the Moabitess said to Naomi, ")
@@ -432,6 +432,26 @@ def test_a_fully_typed_word_is_not_searched_for_rare_longer_forms(p):
     before = p.tokens_computed
     p.predict("The capital of France is Paris", session="w")
     assert p.tokens_computed == before  # what a search found, even fewer than n words, is remembered
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_logprobs_are_the_log_softmax_of_the_logits(story_search, dtype):
+    """A search step reads log-probabilities from the logits as the model returned them (bf16 for
+    bf16 weights), a few rows at a time: they must be those of a plain fp32 log-softmax."""
+    _, table, _ = story_search
+    rows = 2 * ROWS_AT_ONCE + 3  # blocks of rows, the last one short
+    logits = (torch.randn(rows, len(table.token_bytes), generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    expected = torch.log_softmax(logits.float(), -1)
+    step = StepLogprobs(logits)
+    ids = table.allowed_ids(b" th")
+    for row in (0, ROWS_AT_ONCE, rows - 1):
+        assert torch.allclose(step.at(row, ids), expected[row, ids], atol=1e-5)
+    assert torch.allclose(torch.tensor(step.mass(table.boundary_ids)),
+                          torch.logsumexp(expected[:, table.boundary_ids], -1), atol=1e-5)
+    top = torch.topk(expected + table.continues_bias, 8, dim=-1)
+    best = step.best(table.continues_bias, 8)
+    assert [ids for _, ids in best] == top.indices.tolist()
+    assert torch.allclose(torch.tensor([values for values, _ in best]), top.values, atol=1e-5)
 
 
 def test_searching_several_prefixes_at_once_equals_searching_each(story_search):

@@ -215,7 +215,9 @@ class Transformer(nn.Module):
         tokens, positions, slots: [T] int64 (slots default to positions).
         mask: [T, span] bool, True where a token may attend (span = the cache slots in use after
         this call); None means causal attention over slots [0, max(slots)] with slot == position.
-        Returns logits [T, vocab] in fp32 (or [1, vocab] for the last token only).
+        Returns logits [T, vocab] (or [1, vocab] for the last token only) as the output head
+        computes them: in bf16 for bf16 weights (an fp32 copy of a 32-row search step's logits
+        is 6 MB, part of the server's peak memory), else in fp32.
         cancelled: checked between layers; when true, raises Cancelled whose `paused` is a
         `PausedForward`: pass it as `resume` (same tokens, positions, slots and mask, the cache
         untouched since) to go on from the layer it stopped at.
@@ -238,7 +240,7 @@ class Transformer(nn.Module):
             x = self.blocks[i](x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
         if last_only:
             x = x[-1:]
-        return self.head(self.norm(x)).float()
+        return self.head(self.norm(x))
 
     def forward_train(self, tokens: Tensor) -> Tensor:
         """Plain causal forward over a batch of sequences, without a KV cache and with autograd

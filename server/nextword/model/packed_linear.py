@@ -37,11 +37,11 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # oneDNN builds and caches a kernel, with scratch memory, for every row count it sees (the
-        # word search's steps have 1 to ~40 rows): ~0.5 MB each, ~100 MB in all. Padding the rows
-        # to a power of two bounds the kernels to a handful for little extra arithmetic (these
-        # small products are bound by reading the weights, not by the rows).
+        # word search's steps have 1 to ~40 rows): ~0.3-0.5 MB each, ~100 MB in all. Padding the
+        # rows to a power of two, and 2-7 rows to a beam step's 8, bounds the kernels to a handful
+        # for little extra arithmetic (these small products are bound by reading the weights).
         rows = x.shape[0]
-        padded = 1 << (rows - 1).bit_length()
+        padded = rows if rows == 1 else max(BATCH_HINT, 1 << (rows - 1).bit_length())
         if padded != rows:
             x = F.pad(x, (0, 0, 0, padded - rows))
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")[:rows]

@@ -52,6 +52,7 @@ class Session:
         self.tokens_computed = 0  # every token run through the model for this session
         # Results by context, so that going back to a context seen moments ago is free: after a
         # speculative look at the next word, the real request still finds its logits and lists.
+        # Logits are kept as the model computes them (bf16 for bf16 weights: half the memory).
         self._logits: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
         self._word_lists: OrderedDict[tuple[int, ...], dict] = OrderedDict()
         # Words the search already ran after a context: (keys, values, logits after them) by the
@@ -62,7 +63,7 @@ class Session:
         self._paused_chunk: tuple[int, tuple[int, ...], PausedForward] | None = None  # see `_compute`
 
     def sync(self, ids: list[int], cancelled: Callable[[], bool] | None = None) -> Tensor:
-        """Make the cache hold exactly `ids`; return the next-token logits after them."""
+        """Make the cache hold exactly `ids`; return the next-token logits after them, in fp32."""
         if not ids:
             raise ValueError("a session needs at least one token of context")
         key = tuple(ids)
@@ -70,7 +71,7 @@ class Session:
         if keep == len(ids) and key in self._logits:  # the same context, or one we came from
             self.ids = ids[:]
             self._logits.move_to_end(key)
-            return self._logits[key]
+            return self._logits[key].float()
         keep = min(keep, len(ids) - 1)  # recompute at least the last token to get its logits
         self._ensure_slots(len(ids) + SCRATCH_SLOTS)
         self._paused_search = None  # what follows writes over the scratch slots
@@ -90,7 +91,7 @@ class Session:
             # of France is": "located", not "Paris"). Done once per predictor (`first`).
             logits = self._compute(ids[start:start + (1 if start == 0 else PREFILL_CHUNK)], cancelled)
         remember(self._logits, key, logits[-1])
-        return logits[-1]
+        return logits[-1].float()
 
     def _compute(self, chunk: list[int], cancelled: Callable[[], bool] | None) -> Tensor:
         """Append `chunk` to the context (one forward call); the logits after its last token.
@@ -114,10 +115,10 @@ class Session:
 
     def remember_extension(self, tokens: tuple[int, ...], slots: list[int], logits: Tensor) -> None:
         """Keep what a word search computed for `tokens` after the current context: their keys
-        and values (in scratch `slots`, soon reused) and the logits after them."""
+        and values (in scratch `slots`, soon reused) and the logits after them (kept as given)."""
         index = torch.tensor(slots, device=self._device)
         remember(self._extensions, tuple(self.ids) + tokens,
-                  (self.cache.k[:, :, index], self.cache.v[:, :, index], logits.clone()))
+                  (self.cache.k[:, :, index], self.cache.v[:, :, index], logits))
 
     def _extend_from(self, ids: list[int], k: Tensor, v: Tensor, logits: Tensor) -> Tensor:
         """Sync to `ids` = a cached context + tokens remembered by `remember_extension`: their keys
@@ -128,7 +129,7 @@ class Session:
         self.cache.v[:, :, start:len(ids)] = v
         self.ids = ids[:]
         remember(self._logits, tuple(ids), logits)
-        return logits
+        return logits.float()
 
     def moved(self, first: int, count: int, context_tokens: int) -> Session:
         """A new session holding this one's tokens [first, first + count) at positions 1.., after
@@ -165,8 +166,9 @@ class Session:
         """Run one token per beam after the context, all beams in one forward call.
 
         Beam i's token sits at position len(ids) + depths[i] and attends to the context plus the
-        scratch slots in ancestors[i] (its earlier tokens). Returns (logits [beams, vocab],
-        the slot each token was stored in). Nothing here changes `ids`: scratch is reused.
+        scratch slots in ancestors[i] (its earlier tokens). Returns (logits [beams, vocab], in
+        the dtype the model's output head computes in, the slot each token was stored in).
+        Nothing here changes `ids`: scratch is reused.
         """
         n_ctx = len(self.ids)
         first = n_ctx + self._scratch_used

@@ -29,6 +29,7 @@ from nextword.predict.session import Cancelled, Session
 from nextword.predict.text import APOSTROPHES, WORD_RE
 
 MAX_WORD_TOKENS = 8
+ROWS_AT_ONCE = 8  # rows of a step's logits taken to fp32 at a time (see StepLogprobs)
 NOT_WORTH_SEARCHING = math.log(1000)  # see _Group.settled
 
 
@@ -116,7 +117,7 @@ def first_letter_odds(first_logits: Tensor, table: TokenTable, gap: str) -> dict
             for c in string.ascii_lowercase}
 
 
-@torch.inference_mode()  # the step's logits are the model's inference tensors, changed in place
+@torch.inference_mode()  # no autograd bookkeeping for the step's tensors
 def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap: str, prefixes: list[str],
                  n: int, beam_width: int = 8, cancelled: Callable[[], bool] | None = None,
                  on_done: Callable[[str, list[WordScore]], None] | None = None, deadline: float | None = None,
@@ -140,9 +141,9 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
     final lists are what the next keystrokes need). A rare word's list may hold no word long
     enough to show by then.
     """
-    root = torch.log_softmax(first_logits[None], -1)
+    root = StepLogprobs(first_logits[None])
     gap_bytes = len(gap.encode())
-    free = cache(partial(_best_continuations, root, table, beam_width))
+    free = cache(partial(root.best, table.continues_bias, beam_width))
     paused: dict[bytes, _Group] = session.resume_search() or {}  # by required bytes
     groups: dict[str, _Group] = {}
     resumed = False
@@ -168,7 +169,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 firsts.append(beam)
         if not firsts:
             break
-        free = None  # the last step's log-probabilities: not needed past here, and as large as this step's
+        logprobs = free = None  # the last step's log-probabilities: not needed past here, and as large as this step's
         try:
             logits, slots = session.tree_step([b.tokens[-1] for b in firsts], [len(b.tokens) - 1 for b in firsts],
                                               [b.slots for b in firsts], cancelled)
@@ -178,11 +179,9 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                     _remember(session, group, group.ranked()[:n])
             session.pause_search({g.required: g for g in groups.values() if g.beams})
             raise
-        # log_softmax in place, one [rows, vocab] copy less; the rows kept for typing out (paths)
-        # are then log-probabilities, the same distribution as the logits for every use of them.
-        logprobs = logits.sub_(torch.logsumexp(logits, -1, keepdim=True))
-        log_p_end = torch.logsumexp(logprobs[:, table.boundary_ids], -1).tolist()
-        free = cache(partial(_best_continuations, logprobs, table, beam_width))  # if a beam needs it
+        logprobs = StepLogprobs(logits)
+        log_p_end = logprobs.mass(table.boundary_ids)
+        free = cache(partial(logprobs.best, table.continues_bias, beam_width))  # if a beam needs it
         for group in groups.values():
             for beam in group.beams:
                 row = rows[beam.tokens]
@@ -191,7 +190,7 @@ def search_words(session: Session, first_logits: Tensor, table: TokenTable, gap:
                 if word and WORD_RE.fullmatch(word):
                     score = group.finished[word] = _logaddexp(group.finished.get(word), beam.logprob + log_p_end[row])
                     if word not in group.paths and sum(v > score for v in group.finished.values()) < n:
-                        group.paths[word] = (beam.tokens, beam.slots, logprobs[row].clone())
+                        group.paths[word] = (beam.tokens, beam.slots, logits[row].clone())
             if group.beams:
                 group.beams = _extend(group.beams, [rows[b.tokens] for b in group.beams], logprobs, free, table,
                                       group.required, beam_width)
@@ -237,8 +236,8 @@ class _Group:
     beams: list[Beam] = field(default_factory=list)
     finished: dict[str, float] = field(default_factory=dict)
     reported: bool = False  # passed to on_done already
-    # word -> (tokens, their scratch slots, logits after them) of its first (shortest, usually the
-    # tokenizer's own) spelling, kept for words among the n best when found
+    # word -> (tokens, their scratch slots, logits after them, as the model computed them) of its
+    # first (shortest, usually the tokenizer's own) spelling, kept for words among the n best when found
     paths: dict[str, tuple[tuple[int, ...], list[int], Tensor]] = field(default_factory=dict)
 
     def ranked(self) -> list[WordScore]:
@@ -257,18 +256,18 @@ class _Group:
         return len(ranked) >= n and best_beam <= ranked[n - 1]
 
 
-def _extend(beams: list[Beam], beam_rows: list[int], logprobs: Tensor,
+def _extend(beams: list[Beam], beam_rows: list[int], logprobs: StepLogprobs,
             free: Callable[[], list[tuple[list[float], list[int]]]], table: TokenTable, required: bytes,
             width: int) -> list[Beam]:
     """The best `width` allowed one-token extensions of the beams. beam_rows: each beam's row of
-    logprobs [rows, vocab]; free(): each row's best `width` word-continuing tokens
-    (`_best_continuations`), which is all a beam that has spelled the required prefix may add."""
+    logprobs; free(): each row's best `width` word-continuing tokens (`StepLogprobs.best`), which
+    is all a beam that has spelled the required prefix may add."""
     candidates = []  # (score, beam, token)
     for beam, row in zip(beams, beam_rows):
         remaining = required[len(beam.text):]
         if remaining:  # still spelling the prefix: few tokens are allowed
             ids = table.allowed_ids(remaining)
-            top = torch.topk(logprobs[row, ids], min(width, len(ids)))
+            top = torch.topk(logprobs.at(row, ids), min(width, len(ids)))
             values, tokens = top.values.tolist(), ids[top.indices].tolist()
         else:
             values, tokens = free()[row]
@@ -278,11 +277,35 @@ def _extend(beams: list[Beam], beam_rows: list[int], logprobs: Tensor,
             for score, beam, token in best]
 
 
-def _best_continuations(logprobs: Tensor, table: TokenTable, width: int) -> list[tuple[list[float], list[int]]]:
-    """Each row's `width` likeliest word-continuing tokens, as (logprobs, token ids): one top-k
-    over all rows, shared by every prefix's beams on that row."""
-    top = torch.topk(logprobs + table.continues_bias, width, dim=-1)
-    return list(zip(top.values.tolist(), top.indices.tolist()))
+class StepLogprobs:
+    """log P(token | a row's context) for the rows of a model step's logits [rows, vocab]: the
+    logits as the model returned them (bf16 for bf16 weights) minus one normalizer per row. What
+    needs fp32 is computed ROWS_AT_ONCE rows at a time: a 32-row step's log-probabilities in
+    fp32, with the temporaries of computing them, were the server's peak memory (README, "Memory").
+    """
+
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+        self.norm = torch.cat([torch.logsumexp(block.float(), -1) for block in logits.split(ROWS_AT_ONCE)])
+
+    def at(self, row: int, ids: Tensor) -> Tensor:
+        return self.logits[row, ids].float() - self.norm[row]
+
+    def mass(self, ids: Tensor) -> list[float]:
+        """Each row's log P(the next token is one of `ids`)."""
+        blocks = [torch.logsumexp(block[:, ids].float(), -1) for block in self.logits.split(ROWS_AT_ONCE)]
+        return (torch.cat(blocks) - self.norm).tolist()
+
+    def best(self, bias: Tensor, width: int) -> list[tuple[list[float], list[int]]]:
+        """Each row's `width` likeliest tokens after adding `bias` (-inf for tokens that may not
+        come), as (logprobs, token ids): one top-k per block of rows, shared by every prefix's
+        beams on those rows."""
+        bias = bias.to(self.logits.dtype)  # 0 or -inf: exact in any dtype, so no fp32 copy is needed
+        out = []
+        for block, norm in zip(self.logits.split(ROWS_AT_ONCE), self.norm.split(ROWS_AT_ONCE)):
+            top = torch.topk(block + bias, width, dim=-1)
+            out.extend(zip((top.values.float() - norm[:, None]).tolist(), top.indices.tolist()))
+        return out
 
 
 def _decode(b: bytes) -> str | None:
