@@ -47,6 +47,16 @@ def test_int8_weights_know_the_capital_of_france_too(default_model_path):
     assert words(int8.predict("The capital of France is "))[0] == "Paris"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_word_search_runs_on_a_gpu(default_model_path, p):
+    """On a GPU (bf16, the default there) the whole search runs, typing and speculation included,
+    and finds what the CPU finds where the model is sure."""
+    gpu = Predictor.load(default_model_path, device="cuda")
+    assert words(gpu.predict("The capital of France is "))[0] == "Paris"
+    gpu.speculate(STORY)
+    assert words(gpu.predict(STORY + "B"))[:1] == words(p.predict(STORY + "B"))[:1]
+
+
 def test_suggestions_are_ranked_probabilities(p):
     s = p.predict("The capital of France is ", n=5)
     assert len(s) == 5

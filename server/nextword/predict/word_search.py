@@ -282,10 +282,11 @@ class StepLogprobs:
     logits as the model returned them (bf16 for bf16 weights) minus one normalizer per row. What
     needs fp32 is computed ROWS_AT_ONCE rows at a time: a 32-row step's log-probabilities in
     fp32, with the temporaries of computing them, were the server's peak memory (README, "Memory").
+    On a GPU the logits are copied to the CPU first, where the token table's tensors are.
     """
 
     def __init__(self, logits: Tensor):
-        self.logits = logits
+        self.logits = logits.cpu()
         self.norm = torch.cat([torch.logsumexp(block.float(), -1) for block in logits.split(ROWS_AT_ONCE)])
 
     def at(self, row: int, ids: Tensor) -> Tensor:
