@@ -460,7 +460,7 @@ def test_step_logprobs_are_the_log_softmax_of_the_logits(story_search, dtype):
                           torch.logsumexp(expected[:, table.boundary_ids], -1), atol=1e-5)
     top = torch.topk(expected + table.continues_bias, 8, dim=-1)
     best = step.best(table.continues_bias, 8)
-    assert [ids for _, ids in best] == top.indices.tolist()
+    assert [tokens for _, tokens in best] == top.indices.tolist()
     assert torch.allclose(torch.tensor([values for values, _ in best]), top.values, atol=1e-5)
 
 
