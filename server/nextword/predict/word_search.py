@@ -287,7 +287,7 @@ class StepLogprobs:
 
     def __init__(self, logits: Tensor):
         self.logits = logits.cpu()
-        self.norm = torch.cat([torch.logsumexp(block.float(), -1) for block in logits.split(ROWS_AT_ONCE)])
+        self.norm = torch.cat([torch.logsumexp(block.float(), -1) for block in self.logits.split(ROWS_AT_ONCE)])
 
     def at(self, row: int, ids: Tensor) -> Tensor:
         return self.logits[row, ids].float() - self.norm[row]
